@@ -1,0 +1,28 @@
+# part-bench: the commands a user runs. PRESET=tiny (default) or paper; SEEDS=N.
+PY      ?= .venv/bin/python
+PRESET  ?= tiny
+SEEDS   ?= 1
+ARGS    ?=
+
+.PHONY: setup doctor test run table5 fig8 figures speed clean-results
+
+setup:                     ## create .venv with every package the suite needs (incl. mmcv ops)
+	bash scripts/setup.sh
+
+doctor:                    ## versions, and a correctness check of mmcv's compiled ops
+	$(PY) -m benchmarks.doctor
+
+test:                      ## the whole test suite (CPU, < 10 minutes)
+	$(PY) -m pytest tests
+
+table5:                    ## Table 5: relative encoders (cross-attention, MLP, pairwise MLP)
+	$(PY) -m benchmarks.tables table5 --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+
+fig8:                      ## Figure 8: accuracy vs #pairs (CSV, Markdown, PNG)
+	$(PY) -m benchmarks.tables fig8 --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+
+figures:                   ## Figures 4-6: reconstruction, uncertainty, symmetry (PNG)
+	$(PY) -m benchmarks.figures --preset $(PRESET) $(ARGS)
+
+speed:                     ## step-time and extraction benchmarks (printed ratios)
+	$(PY) -m benchmarks.speed $(ARGS)

@@ -1,0 +1,100 @@
+"""Run records: one JSON file per finished (method, variant, task, preset, seed).
+
+A record carries everything needed to trust and reproduce its numbers: metrics, the
+resolved configs, package versions, the git commit (and whether the tree was dirty),
+the hardware, wall times. It is written atomically, so a killed run leaves none.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+__all__ = ["build_record", "write_record", "record_path", "read_records", "versions",
+           "git_commit", "hardware"]
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "torchvision", "timm", "mmengine", "mmcv", "mmdet", "mne", "numpy",
+                "pandas", "scikit-learn"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def git_commit() -> dict:
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    try:
+        return {"commit": git("rev-parse", "HEAD") or None,
+                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def hardware() -> dict:
+    info = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9=.,_-]+", "_", text)
+
+
+def record_path(out, preset: str, cell: dict, task: str, seed: int) -> Path:
+    folder = Path(out) if out else REPO / "results" / preset / "runs"
+    variant = f"[{_slug(cell['variant'])}]" if cell["variant"] else ""
+    return folder / f"{cell['method']}{variant}__{task}__seed{seed}.json"
+
+
+def build_record(cell, task, cfg, seed, metrics, pretrained, wall, data_root) -> dict:
+    return {
+        "method": cell["method"], "variant": cell["variant"], "task": task,
+        "preset": cfg["preset"], "seed": seed, "metrics": metrics,
+        "config": {"method": cell["method_cfg"], "task": cfg["tasks"][task]},
+        "pretrained_checkpoint": str(pretrained) if pretrained else None,
+        "data_root": str(data_root) if data_root else "embedded",
+        "versions": versions(), "git": git_commit(), "hardware": hardware(),
+        "wall_time_s": wall, "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
+    }
+
+
+def write_record(record: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=1, default=str)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_records(folder: Path) -> list[dict]:
+    out = []
+    for p in sorted(Path(folder).glob("*.json")):
+        with open(p) as f:
+            rec = json.load(f)
+        rec["path"] = str(p)
+        out.append(rec)
+    return out

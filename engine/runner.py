@@ -1,0 +1,172 @@
+"""Everything that trains runs on mmengine's Runner; this module is the glue.
+
+- :func:`build_runner` turns the suite's small schedule config (epochs, batch, lr,
+  warmup, ...) into a Runner with AdamW, linear warmup + cosine decay per iteration,
+  AMP when a GPU is present, DDP when started by ``torchrun``, a log line with ETA
+  every few iterations, a checkpoint per epoch, and automatic resume from the last
+  checkpoint in its work dir.
+- :class:`LayerDecayOptimWrapperConstructor` gives mmengine timm's layer-wise lr decay
+  parameter groups (each group's lr is the base lr times timm's ``lr_scale``; mmengine's
+  schedulers then scale every group alike).
+- :class:`FiniteLossHook` stops a run whose loss is NaN/inf with one clear error.
+- :func:`trust_suite_checkpoints`: mmengine 0.10.7 calls ``torch.load`` without
+  ``weights_only``, which torch >= 2.6 defaults to True, so its own resume fails on the
+  objects it pickles (message-hub history buffers, numpy scalars). We allow exactly
+  those types for the weights-only unpickler, once, here, instead of turning safe
+  loading off: a foreign checkpoint with anything else still fails to load.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from mmengine.hooks import Hook
+from mmengine.optim import DefaultOptimWrapperConstructor
+from mmengine.registry import HOOKS, OPTIM_WRAPPER_CONSTRUCTORS
+from mmengine.runner import Runner
+
+from .errors import TrainingError
+
+__all__ = ["build_runner", "trust_suite_checkpoints", "LayerDecayOptimWrapperConstructor",
+           "FiniteLossHook", "launcher_from_env", "use_cuda"]
+
+
+def trust_suite_checkpoints() -> None:
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    safe = [HistoryBuffer, np.dtype, np.ndarray, np.core.multiarray._reconstruct,
+            np.core.multiarray.scalar, np.float64, np.float32, np.int64]
+    safe += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+    torch.serialization.add_safe_globals(safe)
+
+
+trust_suite_checkpoints()
+
+
+def use_cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+def launcher_from_env() -> str:
+    """``pytorch`` under torchrun (WORLD_SIZE set), else a single process."""
+    return "pytorch" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "none"
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
+    """timm's layer-decay parameter groups for the model's ``encoder`` (a timm ViT)."""
+
+    def __call__(self, model):
+        from mmengine.optim import OptimWrapper  # noqa: F401  (registry side effect)
+        from mmengine.registry import OPTIM_WRAPPERS, OPTIMIZERS
+        from timm.optim import param_groups_layer_decay
+
+        if hasattr(model, "module"):
+            model = model.module
+        optim_cfg = dict(self.optimizer_cfg)
+        layer_decay = float(self.paramwise_cfg.get("layer_decay", 1.0))
+        wd = optim_cfg.get("weight_decay", 0.0)
+        encoder = model.encoder
+        groups = param_groups_layer_decay(encoder, weight_decay=wd, layer_decay=layer_decay,
+                                          no_weight_decay_list=encoder.no_weight_decay())
+        base_lr = optim_cfg["lr"]
+        for g in groups:
+            g["lr"] = base_lr * g.pop("lr_scale", 1.0)
+        covered = {id(p) for g in groups for p in g["params"]}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in covered]
+        if rest:
+            groups.append({"params": rest, "lr": base_lr, "weight_decay": wd})
+        optim_cfg["params"] = groups
+        optimizer = OPTIMIZERS.build(optim_cfg)
+        wrapper_cfg = dict(self.optim_wrapper_cfg)
+        wrapper_cfg.setdefault("type", "OptimWrapper")
+        return OPTIM_WRAPPERS.build(wrapper_cfg, default_args=dict(optimizer=optimizer))
+
+
+@HOOKS.register_module()
+class FiniteLossHook(Hook):
+    """Raise a :class:`TrainingError` at the first non-finite loss."""
+
+    priority = "VERY_HIGH"
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        loss = (outputs or {}).get("loss")
+        if loss is not None and not torch.isfinite(torch.as_tensor(loss)).all():
+            raise TrainingError(f"loss became {float(loss)} at iteration {runner.iter + 1} "
+                                f"(epoch {runner.epoch + 1}); lower the learning rate or check "
+                                f"the data. Work dir: {runner.work_dir}")
+
+
+def build_runner(model, work_dir: str | Path, train_dataset, *, epochs: int, batch_size: int,
+                 lr: float, weight_decay: float = 0.05, betas=(0.9, 0.999),
+                 warmup_epochs: float = 0, min_lr: float = 0.0, layer_decay: float | None = None,
+                 num_workers: int = 2, seed: int = 0, log_interval: int = 10,
+                 test_dataset=None, test_evaluator=None, test_batch_size: int | None = None,
+                 grad_clip: float | None = None, collate_fn: str = "default_collate",
+                 experiment_name: str | None = None) -> Runner:
+    """A Runner for one training job (see module docstring)."""
+    work_dir = Path(work_dir)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    iters_per_epoch = max(1, math.ceil(len(train_dataset) / (batch_size * world)))
+    warmup_iters = int(round(warmup_epochs * iters_per_epoch))
+    total_iters = epochs * iters_per_epoch
+
+    optimizer = dict(type="AdamW", lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+    optim_wrapper = dict(type="AmpOptimWrapper" if use_cuda() else "OptimWrapper",
+                         optimizer=optimizer)
+    if grad_clip:
+        optim_wrapper["clip_grad"] = dict(max_norm=grad_clip)
+    if layer_decay is not None:
+        optim_wrapper["constructor"] = "LayerDecayOptimWrapperConstructor"
+        optim_wrapper["paramwise_cfg"] = dict(layer_decay=layer_decay)
+
+    schedulers = []
+    if warmup_iters > 0:
+        schedulers.append(dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0,
+                               end=warmup_iters))
+    schedulers.append(dict(type="CosineAnnealingLR", by_epoch=False, begin=warmup_iters,
+                           end=max(total_iters, warmup_iters + 1), eta_min=min_lr))
+
+    loader = dict(dataset=train_dataset, batch_size=batch_size, num_workers=num_workers,
+                  persistent_workers=num_workers > 0, drop_last=len(train_dataset) >= batch_size,
+                  sampler=dict(type="DefaultSampler", shuffle=True),
+                  collate_fn=dict(type=collate_fn))
+    kwargs = {}
+    if test_dataset is not None:
+        kwargs = dict(
+            test_dataloader=dict(dataset=test_dataset, batch_size=test_batch_size or batch_size,
+                                 num_workers=num_workers, persistent_workers=False,
+                                 sampler=dict(type="DefaultSampler", shuffle=False),
+                                 collate_fn=dict(type=collate_fn)),
+            test_evaluator=test_evaluator, test_cfg=dict())
+
+    runner = Runner(
+        model=model,
+        work_dir=str(work_dir),
+        train_dataloader=loader,
+        train_cfg=dict(by_epoch=True, max_epochs=epochs),
+        optim_wrapper=optim_wrapper,
+        param_scheduler=schedulers,
+        default_hooks=dict(
+            timer=dict(type="IterTimerHook"),
+            logger=dict(type="LoggerHook", interval=log_interval),
+            param_scheduler=dict(type="ParamSchedulerHook"),
+            checkpoint=dict(type="CheckpointHook", interval=1, max_keep_ckpts=1,
+                            save_last=True),
+            sampler_seed=dict(type="DistSamplerSeedHook"),
+        ),
+        custom_hooks=[dict(type="FiniteLossHook")],
+        launcher=launcher_from_env(),
+        env_cfg=dict(cudnn_benchmark=use_cuda(), dist_cfg=dict(backend="nccl" if use_cuda() else "gloo")),
+        randomness=dict(seed=seed, deterministic=False),
+        resume=True,
+        log_level=os.environ.get("PART_BENCH_LOG_LEVEL", "INFO"),
+        experiment_name=experiment_name,
+        **kwargs,
+    )
+    logging.getLogger("mmengine").propagate = False
+    return runner

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Builds .venv with everything the suite needs, including mmcv 2.1.0 with its
+# compiled ops. mmcv has no wheel on the registry: it is built once from its sdist and
+# the wheel is cached, keyed by torch version (and CUDA when nvcc exists), so later
+# runs and CI reuse it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+TORCH=2.14.1
+TORCHVISION=0.29.1
+TORCHAUDIO=2.11.0
+MMCV=2.1.0
+CACHE=${PART_BENCH_CACHE:-$HOME/.cache/part-bench}
+
+step() { printf '\n[setup] %s\n' "$*"; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+    step "creating $VENV"
+    "$PY" -m venv "$VENV"
+fi
+PIP="$VENV/bin/python -m pip"
+$PIP install -q --upgrade pip wheel "setuptools<82"
+
+step "installing torch $TORCH, torchvision $TORCHVISION, torchaudio $TORCHAUDIO"
+$PIP install -q "torch==$TORCH" "torchvision==$TORCHVISION" "torchaudio==$TORCHAUDIO"
+
+step "installing part-bench and its pinned dependencies"
+$PIP install -q -e .
+
+# mmcv: one wheel per (torch, cuda) pair
+# CUDA ops only where a CUDA toolkit AND a GPU exist (a toolkit alone, as on CPU CI
+# machines, would only make the build slower).
+if command -v nvcc >/dev/null 2>&1 && [ "${PART_BENCH_CPU_ONLY:-0}" != 1 ] \
+    && "$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    FLAVOUR="cuda$(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')"
+    export FORCE_CUDA=1
+else
+    FLAVOUR=cpu
+fi
+WHEELS="$CACHE/wheels/torch-$TORCH-$FLAVOUR"
+mkdir -p "$WHEELS"
+if "$VENV/bin/python" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV'" 2>/dev/null; then
+    step "mmcv $MMCV with ops already installed"
+else
+    WHEEL=$(ls "$WHEELS"/mmcv-$MMCV-*.whl 2>/dev/null | head -n 1 || true)
+    if [ -z "$WHEEL" ]; then
+        step "building mmcv $MMCV with compiled ops ($FLAVOUR); about 10 minutes on 2 cores, once"
+        BUILD=$(mktemp -d)
+        trap 'rm -rf "$BUILD"' EXIT
+        $PIP download -q --no-deps --no-build-isolation --no-binary :all: "mmcv==$MMCV" -d "$BUILD"
+        tar -xzf "$BUILD"/mmcv-$MMCV.tar.gz -C "$BUILD"
+        SRC="$BUILD/mmcv-$MMCV"
+        # torch >= 2.10 headers need C++20; mmcv's setup.py hard-codes C++17 after
+        # any flags from the environment, so the flag itself is rewritten.
+        sed -i 's/-std=c++17/-std=c++20/g' "$SRC/setup.py"
+        (
+            cd "$SRC"
+            MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} \
+                "$OLDPWD/$VENV/bin/python" -m pip wheel --no-build-isolation --no-deps -v . -w "$WHEELS" 2>&1 \
+                | grep --line-buffered -E '^\[[0-9]+/[0-9]+\]|Building|Created wheel|error' || true
+        )
+        WHEEL=$(ls "$WHEELS"/mmcv-$MMCV-*.whl 2>/dev/null | head -n 1 || true)
+        [ -n "$WHEEL" ] || { echo "[setup] error: mmcv $MMCV build failed (see above)" >&2; exit 1; }
+    fi
+    step "installing $(basename "$WHEEL")"
+    $PIP install -q --no-deps "$WHEEL"
+fi
+
+step "done: activate with 'source $VENV/bin/activate', check with 'make doctor'"

@@ -1,0 +1,182 @@
+"""Image classification finetuning: CIFAR-100 and ImageNet-1k with the DeiT recipe.
+
+The recipe is timm's: RandAugment (``rand-m9-mstd0.5-inc1``), Mixup 0.8 / CutMix 1.0
+with label smoothing 0.1 (soft-target cross-entropy), random erasing 0.25, drop path,
+layer-wise lr decay, AdamW with linear warmup then cosine decay. The pretext head is
+dropped; a linear head on [CLS] is trained; learnable position embeddings are added
+(randomly initialised) unless the row is a "w/o PE" baseline; patches are the fixed
+grid. Metric: top-1 accuracy (``acc1``, %), computed by scikit-learn.
+
+Data: ``--data-root`` holding ``cifar-100-python/`` (torchvision's on-disk format) or
+an ImageNet ``train/``/``val/`` ImageFolder. Without a root, the embedded generated
+data of the preset is written once in the same format and read by the same readers.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from mmengine.evaluator import BaseMetric
+from mmengine.model import BaseModel
+from mmengine.registry import METRICS
+from sklearn.metrics import accuracy_score
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from torchvision import transforms as T
+
+from engine.errors import ConfigError
+from engine.runner import build_runner
+from methods.backbone import build_encoder
+
+from .base import RunnerSamples, Task
+from .checkpoint import load_encoder_weights
+from .data.cifar import CIFAR100Folder
+from .data.imagefolder import build_imagefolder
+from .data.synthetic import ensure_embedded_cifar100, ensure_embedded_imagefolder
+
+__all__ = ["ClassificationTask", "ClassifierModel", "Top1Accuracy", "pretrain_transform"]
+
+
+@METRICS.register_module()
+class Top1Accuracy(BaseMetric):
+    default_prefix = ""
+
+    def process(self, data_batch, data_samples):
+        for out in data_samples:
+            self.results.append((int(out["pred"]), int(out["label"])))
+
+    def compute_metrics(self, results):
+        preds, labels = zip(*results)
+        return {"acc1": 100.0 * accuracy_score(labels, preds)}
+
+
+class ClassifierModel(BaseModel):
+    """A ViT with a linear head on [CLS], trained with Mixup/CutMix + soft targets."""
+
+    def __init__(self, encoder, num_classes: int, mixup: float = 0.8, cutmix: float = 1.0,
+                 smoothing: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        self.mixup = None
+        if mixup > 0 or cutmix > 0:
+            self.mixup = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=smoothing,
+                               num_classes=num_classes)
+            self.criterion = SoftTargetCrossEntropy()
+        elif smoothing > 0:
+            self.criterion = LabelSmoothingCrossEntropy(smoothing)
+        else:
+            self.criterion = torch.nn.CrossEntropyLoss()
+
+    def forward(self, inputs, data_samples=None, mode: str = "loss"):
+        if mode == "loss":
+            targets = data_samples
+            if self.mixup is not None and inputs.shape[0] % 2 == 0:
+                inputs, targets = self.mixup(inputs, targets)
+            elif self.mixup is not None:  # Mixup needs an even batch; plain smoothing otherwise
+                targets = F.one_hot(targets, self.encoder.num_classes).float()
+            logits = self.encoder(inputs)
+            return {"loss": self.criterion(logits, targets)}
+        logits = self.encoder(inputs)
+        preds = logits.argmax(dim=-1)
+        return [{"pred": p, "label": y} for p, y in zip(preds.tolist(), data_samples.tolist())]
+
+
+def pretrain_transform(size: int, augment: dict):
+    """Image-level augmentation for pretraining: random resized crop (+ optional flip)."""
+    ops = [T.RandomResizedCrop(size, scale=tuple(augment.get("rrc_scale", (0.2, 1.0))),
+                               interpolation=T.InterpolationMode.BICUBIC)]
+    if augment.get("hflip", True):
+        ops.append(T.RandomHorizontalFlip())
+    ops += [T.ToTensor(), T.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)]
+    return T.Compose(ops)
+
+
+class ClassificationTask(Task):
+    metric_names = ("acc1",)
+
+    def __init__(self, cfg, data_root, cache_root):
+        super().__init__(cfg, data_root, cache_root)
+        self.dataset = cfg["dataset"]
+        if self.dataset not in ("cifar100", "imagenet"):
+            raise ConfigError(f"classification dataset must be cifar100 or imagenet, "
+                              f"got {self.dataset!r}")
+        self.name = self.dataset
+        self._root: Path | None = None
+
+    # ---------------------------------------------------------------- data
+    @property
+    def root(self) -> Path:
+        if self._root is None:
+            if self.data_root is not None:
+                self._root = self.data_root
+            elif not self.cfg.get("embedded"):
+                raise ConfigError(f"this preset has no embedded data for {self.dataset}: pass "
+                                  f"--data-root (or set PART_BENCH_DATA)")
+            else:
+                emb = dict(self.cfg["embedded"])
+                data_cache = self.cache_root / "data"
+                if self.dataset == "cifar100":
+                    self._root = ensure_embedded_cifar100(data_cache, **emb)
+                else:
+                    self._root = ensure_embedded_imagefolder(data_cache, **emb)
+        return self._root
+
+    def _split(self, train: bool, transform):
+        if self.dataset == "cifar100":
+            return CIFAR100Folder(self.root, train=train, transform=transform)
+        return build_imagefolder(self.root, "train" if train else "val", transform=transform)
+
+    def check_data(self) -> None:
+        self._split(True, None)
+        self._split(False, None)
+
+    @property
+    def img_size(self) -> int:
+        return self.cfg["encoder"]["img_size"]
+
+    def pretrain_dataset(self):
+        tf = pretrain_transform(self.img_size, self.cfg["pretrain"].get("augment", {}))
+        return RunnerSamples(self._split(True, tf))
+
+    def finetune_transforms(self):
+        ft = self.cfg["finetune"]
+        train_tf = create_transform(
+            self.img_size, is_training=True, auto_augment=ft.get("rand_augment"),
+            re_prob=ft.get("reprob", 0.25), re_mode="pixel", re_count=1,
+            interpolation="bicubic", scale=tuple(ft.get("rrc_scale", (0.08, 1.0))),
+            color_jitter=ft.get("color_jitter", 0.3), hflip=ft.get("hflip", 0.5))
+        eval_tf = create_transform(self.img_size, is_training=False, interpolation="bicubic",
+                                   crop_pct=ft.get("eval_crop_pct", 0.875 if self.img_size >= 224 else 1.0))
+        return train_tf, eval_tf
+
+    # ---------------------------------------------------------------- run
+    def run(self, *, pretrained, work_dir, seed, method_name, finetune_pos_embed=True, log=print):
+        ft = dict(self.cfg["finetune"])
+        train_tf, eval_tf = self.finetune_transforms()
+        train_set = RunnerSamples(self._split(True, train_tf))
+        test_base = self._split(False, eval_tf)
+        num_classes = len(test_base.classes)
+        encoder = build_encoder(**{**self.encoder_cfg,
+                                   "pos_embed": "learn" if finetune_pos_embed else "none",
+                                   "num_classes": num_classes,
+                                   "drop_path_rate": ft.get("drop_path", 0.1)})
+        load_report = None
+        if pretrained is not None:
+            load_report = load_encoder_weights(encoder, Path(pretrained) / "encoder.pth", log=log)
+        model = ClassifierModel(encoder, num_classes, mixup=ft.get("mixup", 0.8),
+                                cutmix=ft.get("cutmix", 1.0), smoothing=ft.get("smoothing", 0.1))
+        runner = build_runner(
+            model, work_dir, train_set, seed=seed, epochs=ft["epochs"],
+            batch_size=ft["batch_size"], lr=ft["lr"], weight_decay=ft.get("weight_decay", 0.05),
+            warmup_epochs=ft.get("warmup_epochs", 5), min_lr=ft.get("min_lr", 1e-6),
+            layer_decay=ft.get("layer_decay"), num_workers=ft.get("num_workers", 2),
+            log_interval=ft.get("log_interval", 10),
+            test_dataset=RunnerSamples(test_base), test_evaluator=dict(type="Top1Accuracy"),
+            experiment_name="finetune")
+        runner.train()
+        metrics = runner.test()
+        out = {"acc1": float(metrics["acc1"])}
+        if load_report is not None:
+            out["new_keys"] = load_report["missing"]
+        return out
