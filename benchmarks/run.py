@@ -75,6 +75,48 @@ def print_metrics(record: dict) -> None:
     print(f"  record: {record['path']}")
 
 
+def cell_record_path(method: str, task: str, *, preset: str = "tiny", seed: int = 0,
+                     method_overrides: dict | None = None, out=None, cfg_options=None) -> Path:
+    """Where the record of a cell is (or will be) written."""
+    from engine.config import load_preset, resolve_cell
+    from engine.records import record_path
+    from tasks import build_task
+
+    cfg = load_preset(preset, cfg_options)
+    task_obj = build_task(task, cfg["tasks"], None, default_cache())
+    cell = resolve_cell(cfg, method, task_obj, method_overrides)
+    return record_path(out, cfg["preset"], cell, task, seed)
+
+
+def ensure_checkpoint(cfg, cell, task_obj, cache_root: Path, seed: int, log=print):
+    """The pretrained folder of a cell (pretraining it if it is not cached), or None."""
+    from engine.pretrain import ensure_pretrained
+
+    if not cell["pretrains"]:
+        return None
+    return ensure_pretrained(cell["method"], cell["method_cfg"], task_obj.pretrain_cfg,
+                             task_obj.pretrain_dataset(), cache_root, cfg["preset"], seed, log=log)
+
+
+def pretrained_method(method: str, task: str = "cifar100", *, preset: str = "tiny", seed: int = 0,
+                      data_root=None, cache=None, method_overrides=None, cfg_options=None):
+    """(pretrained method in eval mode, task object): pretrains if not cached."""
+    from engine.config import load_preset, resolve_cell
+    from engine.pretrain import load_method
+    from tasks import build_task
+
+    cfg = load_preset(preset, cfg_options)
+    cache_root = Path(cache) if cache else default_cache()
+    task_obj = build_task(task, cfg["tasks"], data_root, cache_root)
+    task_obj.check_data()
+    cell = resolve_cell(cfg, method, task_obj, method_overrides)
+    folder = ensure_checkpoint(cfg, cell, task_obj, cache_root, seed)
+    if folder is None:
+        from engine.errors import ConfigError
+        raise ConfigError(f"method {method!r} has no pretraining")
+    return load_method(folder / "method.pth"), task_obj
+
+
 def run_cell(method: str, task: str, *, preset: str = "tiny", seed: int = 0, data_root=None,
              out=None, cache=None, cfg_options: dict | None = None,
              method_overrides: dict | None = None, log=print) -> dict:
@@ -90,15 +132,9 @@ def run_cell(method: str, task: str, *, preset: str = "tiny", seed: int = 0, dat
     cell = resolve_cell(cfg, method, task_obj, method_overrides)
     task_obj.check_data()  # fail on bad data before any pretraining
 
-    from engine.pretrain import ensure_pretrained
-
-    pretrained, t_pre = None, 0.0
-    if cell["pretrains"]:
-        t0 = time.time()
-        pretrained = ensure_pretrained(cell["method"], cell["method_cfg"], task_obj.pretrain_cfg,
-                                       task_obj.pretrain_dataset(), cache_root, cfg["preset"],
-                                       seed, log=log)
-        t_pre = time.time() - t0
+    t0 = time.time()
+    pretrained = ensure_checkpoint(cfg, cell, task_obj, cache_root, seed, log)
+    t_pre = time.time() - t0
 
     path = record_path(out, cfg["preset"], cell, task, seed)
     work_dir = cache_root / "runs" / path.stem
@@ -111,8 +147,9 @@ def run_cell(method: str, task: str, *, preset: str = "tiny", seed: int = 0, dat
                           dict(total=time.time() - started, pretrain=t_pre, task=t_task),
                           data_root)
     write_record(record, path)
-    for ckpt in work_dir.glob("*.pth"):  # the record is written: the finetune state is spent
-        ckpt.unlink()
+    # The record is written: the finetune state is spent (a rerun trains afresh).
+    for spent in [*work_dir.glob("*.pth"), work_dir / "last_checkpoint"]:
+        spent.unlink(missing_ok=True)
     record["path"] = str(path)
     return record
 

@@ -43,11 +43,20 @@ class PretrainModel(BaseModel):
         return self.method(inputs)
 
 
+# Config keys that only change finetuning: rows that differ only in them (mp3 and
+# mp3-nope) share one pretrained checkpoint.
+FINETUNE_ONLY_KEYS = ("finetune_pos_embed",)
+
+
 def pretrain_key(method_name: str, method_cfg: dict, pretrain_cfg: dict, preset: str,
                  seed: int) -> str:
-    blob = json.dumps(dict(method=method_name, method_cfg=method_cfg, pretrain=pretrain_cfg,
+    from methods import METHODS
+
+    cls, defaults = METHODS[method_name]
+    effective = {k: v for k, v in {**defaults, **method_cfg}.items() if k not in FINETUNE_ONLY_KEYS}
+    blob = json.dumps(dict(method=cls.__name__, method_cfg=effective, pretrain=pretrain_cfg,
                            preset=preset, seed=seed), sort_keys=True, default=str)
-    return f"{method_name}-{preset}-s{seed}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
+    return f"{cls.__name__.lower()}-{preset}-s{seed}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
 
 
 def atomic_torch_save(obj, path: Path) -> None:

@@ -13,7 +13,8 @@
   ``weights_only``, which torch >= 2.6 defaults to True, so its own resume fails on the
   objects it pickles (message-hub history buffers, numpy scalars). We allow exactly
   those types for the weights-only unpickler, once, here, instead of turning safe
-  loading off: a foreign checkpoint with anything else still fails to load.
+  loading off: a foreign checkpoint with anything else still fails to load. (Its
+  history buffers would also pickle functions; ours are written without them.)
 """
 from __future__ import annotations
 
@@ -32,11 +33,23 @@ from mmengine.runner import Runner
 from .errors import TrainingError
 
 __all__ = ["build_runner", "trust_suite_checkpoints", "LayerDecayOptimWrapperConstructor",
-           "FiniteLossHook", "launcher_from_env", "use_cuda"]
+           "FiniteLossHook", "TrainingProgressHook", "launcher_from_env", "use_cuda"]
 
 
 def trust_suite_checkpoints() -> None:
     from mmengine.logging.history_buffer import HistoryBuffer
+
+    # HistoryBuffer pickles its table of statistics *functions* (via getattr), which no
+    # safe unpickler may accept. The table is class-level and rebuilt on import, so
+    # the checkpoints we write leave it out; mmengine's __setstate__ accepts that.
+    def state_without_functions(self):
+        state = dict(self.__dict__)
+        state.pop("statistics_methods", None)
+        return state
+
+    HistoryBuffer.__getstate__ = state_without_functions
+    for name in ("min", "max", "current", "mean"):
+        HistoryBuffer._statistics_methods.setdefault(name, getattr(HistoryBuffer, name))
 
     safe = [HistoryBuffer, np.dtype, np.ndarray, np.core.multiarray._reconstruct,
             np.core.multiarray.scalar, np.float64, np.float32, np.int64]
@@ -95,10 +108,22 @@ class FiniteLossHook(Hook):
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         loss = (outputs or {}).get("loss")
-        if loss is not None and not torch.isfinite(torch.as_tensor(loss)).all():
-            raise TrainingError(f"loss became {float(loss)} at iteration {runner.iter + 1} "
+        if loss is not None and not torch.isfinite(torch.as_tensor(loss).detach()).all():
+            raise TrainingError(f"loss became {float(torch.as_tensor(loss).detach())} at iteration {runner.iter + 1} "
                                 f"(epoch {runner.epoch + 1}); lower the learning rate or check "
                                 f"the data. Work dir: {runner.work_dir}")
+
+
+@HOOKS.register_module()
+class TrainingProgressHook(Hook):
+    """Tells a method how far training has got (``set_progress(fraction)``), for
+    schedules that live inside a method, such as DropPos's decaying sigma."""
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        method = getattr(model, "method", None)
+        if hasattr(method, "set_progress"):
+            method.set_progress(runner.iter / max(1, runner.max_iters))
 
 
 def build_runner(model, work_dir: str | Path, train_dataset, *, epochs: int, batch_size: int,
@@ -159,7 +184,7 @@ def build_runner(model, work_dir: str | Path, train_dataset, *, epochs: int, bat
                             save_last=True),
             sampler_seed=dict(type="DistSamplerSeedHook"),
         ),
-        custom_hooks=[dict(type="FiniteLossHook")],
+        custom_hooks=[dict(type="FiniteLossHook"), dict(type="TrainingProgressHook")],
         launcher=launcher_from_env(),
         env_cfg=dict(cudnn_benchmark=use_cuda(), dist_cfg=dict(backend="nccl" if use_cuda() else "gloo")),
         randomness=dict(seed=seed, deterministic=False),

@@ -10,11 +10,21 @@ from engine.errors import ConfigError
 
 from .base import PretrainMethod
 from .part import PART
+from .mae import MAE
+from .droppos import DropPos
+from .mp3 import MP3
+from .scratch import Scratch
 
 METHODS: dict[str, tuple[type[PretrainMethod], dict]] = {
     "part": (PART, {}),
     "part-grid": (PART, {"sampling": "grid"}),
     "part-aspect-scale": (PART, {"sampling": "scale_aspect"}),
+    "mae": (MAE, {}),
+    "droppos": (DropPos, {}),
+    "mp3": (MP3, {}),
+    "mp3-nope": (MP3, {"finetune_pos_embed": False}),
+    "scratch": (Scratch, {}),
+    "scratch-nope": (Scratch, {"finetune_pos_embed": False}),
 }
 
 

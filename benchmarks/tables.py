@@ -1,0 +1,229 @@
+"""The paper's tables and figures as data, and the command that fills them.
+
+    python -m benchmarks.tables table5 [--preset tiny] [--seeds 1] [--no-run]
+
+A table is rows (a method, plus config overrides that make the row's variant) times
+columns (a task and the metric it reports). Each (row, column, seed) cell is one run
+record written by :func:`benchmarks.run.run_cell`; the command runs the cells that
+have no record yet (a pretrained checkpoint is shared by every task of a row), then
+renders ``results/<preset>/<table>.{csv,md}`` with mean ± std over seeds and the
+paper's numbers (``results/paper/<table>.csv``) in their own columns.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER = REPO / "results" / "paper"
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str                      # as in the paper (and in results/paper/<table>.csv)
+    method: str | None              # registered method; None = not implemented here
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Column:
+    label: str
+    task: str
+    metric: str
+    paper: str                      # column name in results/paper/<table>.csv
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    rows: tuple
+    columns: tuple
+    plot: str | None = None         # "pairs": accuracy vs num_pairs line plot
+    note: str = ""
+
+
+PAIRS = (512, 1024, 2048, 4096)
+
+TABLES: dict[str, Table] = {
+    "table5": Table(
+        title="Table 5: relative encoders (CIFAR-100)",
+        rows=(Row("MLP", "part", {"head": "mlp"}),
+              Row("Pairwise MLP", "part", {"head": "pairwise_mlp"}),
+              Row("Cross-attention", "part", {"head": "cross_attention"})),
+        columns=(Column("err x", "pretext", "err_x", "err_x"),
+                 Column("err y", "pretext", "err_y", "err_y"),
+                 Column("Euclidean", "pretext", "err_euclid", "err_euclid"),
+                 Column("const. Euclidean", "pretext", "const_err_euclid", ""),
+                 Column("acc", "cifar100", "acc1", "acc1")),
+        note="Errors are in units of the reference patch size on held-out images; "
+             "'const. Euclidean' is the error of the best constant prediction (the "
+             "geometric median of the true translations), which a model that learned "
+             "nothing cannot beat.",
+    ),
+    "fig8": Table(
+        title="Figure 8: CIFAR-100 accuracy vs #pairs",
+        rows=tuple(Row(f"{p} pairs", "part", {"num_pairs": p}) for p in PAIRS),
+        columns=(Column("acc", "cifar100", "acc1", "acc1"),),
+        plot="pairs",
+        note="The paper shows Figure 8 as curves at 400/1000/4000 pretraining epochs; "
+             "only the 2048-pair point at 1000 epochs (83.0) is stated as a number.",
+    ),
+}
+
+
+def cell_runs(table: Table, seeds: int):
+    for row in table.rows:
+        if row.method is None:
+            continue
+        tasks = []
+        for col in table.columns:
+            if col.task not in tasks:
+                tasks.append(col.task)
+        for seed in range(seeds):
+            for task in tasks:
+                yield row, task, seed
+
+
+def fill(name: str, preset: str, seeds: int, run: bool, data_root=None, cache=None,
+         out_root: Path | None = None) -> Path:
+    import pandas as pd
+
+    from benchmarks.run import cell_record_path, run_cell
+    from engine.records import read_records
+
+    table = TABLES[name]
+    out_root = Path(out_root) if out_root else REPO / "results" / preset
+    runs_dir = out_root / "runs"
+    for row, task, seed in cell_runs(table, seeds):
+        path = cell_record_path(row.method, task, preset=preset, seed=seed,
+                                method_overrides=row.overrides, out=runs_dir)
+        if path.exists() or not run:
+            continue
+        print(f"[{name}] {row.label} / {task} / seed {seed}", flush=True)
+        run_cell(row.method, task, preset=preset, seed=seed, data_root=data_root, cache=cache,
+                 out=runs_dir, method_overrides=row.overrides)
+
+    records = {Path(r["path"]).name: r for r in read_records(runs_dir)} if runs_dir.exists() else {}
+    paper = pd.read_csv(PAPER / f"{name}.csv").set_index("row") if (PAPER / f"{name}.csv").exists() else None
+    lines = []
+    for row in table.rows:
+        entry = {"row": row.label}
+        for col in table.columns:
+            values = []
+            if row.method is not None:
+                for seed in range(seeds):
+                    path = cell_record_path(row.method, col.task, preset=preset, seed=seed,
+                                            method_overrides=row.overrides, out=runs_dir)
+                    rec = records.get(path.name)
+                    if rec is not None and col.metric in rec["metrics"]:
+                        values.append(float(rec["metrics"][col.metric]))
+            s = pd.Series(values, dtype=float)
+            entry[f"{col.label} (ours)"] = s.mean() if len(s) else float("nan")
+            entry[f"{col.label} (ours, std)"] = s.std(ddof=0) if len(s) > 1 else float("nan")
+            entry[f"{col.label} (ours, n)"] = len(s)
+            if col.paper:
+                has = paper is not None and row.label in paper.index and col.paper in paper.columns
+                entry[f"{col.label} (paper)"] = paper.loc[row.label, col.paper] if has else float("nan")
+        if row.method is None:
+            entry["status"] = "not implemented"
+        lines.append(entry)
+    df = pd.DataFrame(lines)
+    out_root.mkdir(parents=True, exist_ok=True)
+    csv_path = out_root / f"{name}.csv"
+    df.to_csv(csv_path, index=False)
+    (out_root / f"{name}.md").write_text(render_markdown(table, df, preset, seeds))
+    if table.plot == "pairs":
+        plot_pairs(df, out_root / f"{name}.png", preset)
+    print(render_markdown(table, df, preset, seeds))
+    return csv_path
+
+
+def _fmt(mean, std, n):
+    import math
+
+    if n == 0 or (isinstance(mean, float) and math.isnan(mean)):
+        return "—"
+    return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
+
+
+def render_markdown(table: Table, df, preset: str, seeds: int) -> str:
+    import math
+
+    header = ["row"]
+    for col in table.columns:
+        header.append(f"{col.label} (ours)")
+        if col.paper:
+            header.append(f"{col.label} (paper)")
+    out = [f"# {table.title}", "",
+           f"Measured: preset `{preset}`, {seeds} seed(s), mean ± std over seeds. "
+           f"Paper: the numbers the paper reports.", "",
+           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, r in df.iterrows():
+        cells = [r["row"]]
+        for col in table.columns:
+            if "status" in r and r.get("status") == "not implemented":
+                cells.append("not implemented")
+            else:
+                cells.append(_fmt(r[f"{col.label} (ours)"], r[f"{col.label} (ours, std)"],
+                                  int(r[f"{col.label} (ours, n)"])))
+            if col.paper:
+                p = r[f"{col.label} (paper)"]
+                cells.append("—" if isinstance(p, float) and math.isnan(p) else f"{p}")
+        out.append("| " + " | ".join(str(c) for c in cells) + " |")
+    if table.note:
+        out += ["", table.note]
+    return "\n".join(out) + "\n"
+
+
+def plot_pairs(df, path: Path, preset: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = [int(label.split()[0]) for label in df["row"]]
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.errorbar(pairs, df["acc (ours)"], yerr=df["acc (ours, std)"].fillna(0), marker="o",
+                capsize=3, label=f"ours ({preset} preset)")
+    paper = df["acc (paper)"]
+    if paper.notna().any():
+        ax.scatter([p for p, v in zip(pairs, paper) if v == v], paper.dropna(), marker="*",
+                   s=80, color="C3", label="paper (1000 PT epochs)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(pairs, [str(p) for p in pairs])
+    ax.set_xlabel("#pairs")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.tables")
+    p.add_argument("table", help=", ".join(TABLES))
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (mean ± std)")
+    p.add_argument("--no-run", action="store_true", help="only render from existing records")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--cache", default=None)
+    args = p.parse_args(argv)
+    from engine.errors import PartBenchError
+
+    if args.table not in TABLES:
+        print(f"error: unknown table {args.table!r}; expected one of: {', '.join(TABLES)}",
+              file=sys.stderr)
+        return 2
+    try:
+        fill(args.table, args.preset, args.seeds, not args.no_run, args.data_root, args.cache)
+    except PartBenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""The whole path on the tiny preset: pretrain on the Runner -> checkpoint -> tasks."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.run import pretrained_method, run_cell
+from engine.config import load_preset, resolve_cell
+from engine.errors import ConfigError, DataError, TrainingError
+from engine.pretrain import atomic_torch_save, ensure_pretrained
+from methods import build_method
+from methods.backbone import build_encoder
+from methods.part import PART
+from tasks import build_task
+from tasks.checkpoint import load_encoder_weights
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small enough for the test budget, large enough for a learning signal.
+SMALL = {
+    "tasks.cifar100.embedded.num_train": 1024, "tasks.cifar100.embedded.num_test": 128,
+    "tasks.cifar100.pretrain.epochs": 5, "tasks.cifar100.pretrain.num_workers": 0,
+    "tasks.cifar100.pretrain.warmup_epochs": 0.5,
+    "tasks.cifar100.finetune.epochs": 1, "tasks.cifar100.finetune.num_workers": 0,
+    "tasks.pretext.max_images": 128,
+}
+
+
+def _pretrain_and_score(cache: Path, seed: int = 0):
+    cfg = load_preset("tiny", SMALL)
+    task = build_task("pretext", cfg["tasks"], None, cache)
+    cell = resolve_cell(cfg, "part", task)
+    folder = ensure_pretrained("part", cell["method_cfg"], task.pretrain_cfg,
+                               task.pretrain_dataset(), cache, "tiny", seed)
+    return task.run(pretrained=folder, work_dir=cache / "eval", seed=seed, method_name="part"), folder
+
+
+def test_part_learns_relative_positions_and_a_shuffled_pairing_does_not(tmp_path, monkeypatch):
+    metrics, folder = _pretrain_and_score(tmp_path / "good")
+    assert metrics["err_euclid"] <= 0.5 * metrics["const_err_euclid"], metrics
+
+    # symmetry: predicted dx/dy matrices on held-out images are close to antisymmetric
+    method, task = pretrained_method("part", preset="tiny", cache=tmp_path / "good",
+                                     cfg_options=SMALL)
+    images = torch.stack([task._split(False, None).data[i] for i in range(4)])
+    images = (images.permute(0, 3, 1, 2).float() / 255 - 0.45) / 0.225
+    pred, true = method.pair_matrices(images, method.sample_boxes(images))
+    for k in range(2):
+        p = pred[..., k]
+        asym = (p + p.transpose(1, 2)).norm() / p.norm()
+        assert asym < 0.35, f"coordinate {k}: antisymmetry {asym:.2f}"
+
+    # A pairing that does not match the targets cannot be learned: the same training
+    # with the head reading shuffled pairs stays near the constant predictor.
+    def shuffled_pairing_predict(self, images, boxes, pairs):
+        perm = torch.randperm(pairs.shape[1], device=pairs.device)
+        return self.head(self.embed(images, boxes), pairs[:, perm])
+
+    monkeypatch.setattr(PART, "predict", shuffled_pairing_predict)
+    cfg = load_preset("tiny", SMALL)
+    task = build_task("pretext", cfg["tasks"], None, tmp_path / "broken")
+    cell = resolve_cell(cfg, "part", task)
+    broken = ensure_pretrained("part", cell["method_cfg"], task.pretrain_cfg,
+                               task.pretrain_dataset(), tmp_path / "broken", "tiny", 0)
+    monkeypatch.undo()
+    bad = task.run(pretrained=broken, work_dir=tmp_path / "eval2", seed=0, method_name="part")
+    assert bad["err_euclid"] > 0.5 * bad["const_err_euclid"], bad
+
+
+def test_run_cell_end_to_end_writes_a_record_and_reuses_the_checkpoint(tmp_path):
+    logs = []
+    rec = run_cell("part", "cifar100", preset="tiny", cache=tmp_path / "cache",
+                   out=tmp_path / "runs", cfg_options={**SMALL, "tasks.cifar100.pretrain.epochs": 1},
+                   log=logs.append)
+    path = Path(rec["path"])
+    on_disk = json.loads(path.read_text())
+    assert path.name == "part__cifar100__seed0.json"
+    assert 0.0 <= on_disk["metrics"]["acc1"] <= 100.0
+    # only the new position embedding and classifier head were freshly initialised
+    assert on_disk["metrics"]["new_keys"] == ["head.bias", "head.weight", "pos_embed"]
+    for key in ("config", "versions", "git", "hardware", "wall_time_s", "preset", "seed"):
+        assert key in on_disk
+    assert on_disk["versions"]["timm"] and on_disk["config"]["method"]["num_pairs"] == 2048
+    assert not list(path.parent.glob(".*.tmp"))
+    # same (method, config, preset, seed): the pretrained checkpoint is reused
+    logs.clear()
+    rec2 = run_cell("part", "pretext", preset="tiny", cache=tmp_path / "cache",
+                    out=tmp_path / "runs", cfg_options={**SMALL, "tasks.cifar100.pretrain.epochs": 1},
+                    log=logs.append)
+    assert any("reusing cached checkpoint" in line for line in logs)
+    assert rec2["pretrained_checkpoint"] == rec["pretrained_checkpoint"]
+    # a variant is recorded under its own name
+    assert rec2["metrics"]["err_euclid"] > 0
+
+
+def test_finetune_loads_every_encoder_weight(tmp_path):
+    method = build_method("part", encoder=dict(arch="vit_micro", img_size=32, patch_size=4))
+    atomic_torch_save({"state_dict": method.encoder_state_dict()}, tmp_path / "encoder.pth")
+    enc = build_encoder("vit_micro", img_size=32, patch_size=4, pos_embed="learn", num_classes=10)
+    report = load_encoder_weights(enc, tmp_path / "encoder.pth", log=lambda *_: None)
+    assert report == {"missing": ["head.bias", "head.weight", "pos_embed"], "unexpected": []}
+    for k, v in method.encoder_state_dict().items():
+        assert torch.equal(enc.state_dict()[k], v), k
+    # a checkpoint of another architecture is refused with a clear error
+    other = build_encoder("vit_micro", img_size=32, patch_size=4, embed_dim=48)
+    atomic_torch_save({"state_dict": other.state_dict()}, tmp_path / "other.pth")
+    with pytest.raises(ConfigError, match="does not fit this encoder"):
+        load_encoder_weights(enc, tmp_path / "other.pth")
+    (tmp_path / "corrupt.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="cannot read encoder checkpoint"):
+        load_encoder_weights(enc, tmp_path / "corrupt.pth")
+
+
+def test_nan_loss_stops_with_one_clear_error(tmp_path, monkeypatch):
+    def nan_forward(self, images, generator=None):
+        loss = (self.encoder.cls_token.sum() * float("nan"))
+        return {"loss": loss}
+
+    monkeypatch.setattr(PART, "forward", nan_forward)
+    cfg = load_preset("tiny", SMALL)
+    task = build_task("cifar100", cfg["tasks"], None, tmp_path)
+    cell = resolve_cell(cfg, "part", task)
+    with pytest.raises(TrainingError, match="loss became nan at iteration 1"):
+        ensure_pretrained("part", cell["method_cfg"], task.pretrain_cfg, task.pretrain_dataset(),
+                          tmp_path, "tiny", 0)
+    assert not list(tmp_path.glob("pretrain/*/encoder.pth"))
+
+
+def test_interrupted_pretraining_resumes_from_its_last_epoch(tmp_path, monkeypatch):
+    """A run killed after epoch 1 resumes at epoch 2 (this also loads mmengine's own
+    checkpoint through torch's weights-only unpickler)."""
+    from mmengine.runner import Runner
+
+    cfg = load_preset("tiny", {**SMALL, "tasks.cifar100.pretrain.epochs": 2,
+                               "tasks.cifar100.embedded.num_train": 256})
+    task = build_task("cifar100", cfg["tasks"], None, tmp_path)
+    cell = resolve_cell(cfg, "part", task)
+    class Killed(Exception):
+        pass
+
+    from engine.runner import FiniteLossHook
+
+    def kill_in_epoch_two(self, runner, batch_idx, data_batch=None, outputs=None):
+        if runner.epoch == 1:
+            raise Killed()
+
+    monkeypatch.setattr(FiniteLossHook, "after_train_iter", kill_in_epoch_two)
+    with pytest.raises(Killed):
+        ensure_pretrained("part", cell["method_cfg"], task.pretrain_cfg, task.pretrain_dataset(),
+                          tmp_path, "tiny", 0)
+    monkeypatch.undo()
+    starts = []
+
+    def spy_resume(self, *a, **k):
+        out = original_resume(self, *a, **k)
+        starts.append(self.train_loop.epoch)
+        return out
+
+    original_resume = Runner.resume
+    monkeypatch.setattr(Runner, "resume", spy_resume)
+    folder = ensure_pretrained("part", cell["method_cfg"], task.pretrain_cfg,
+                               task.pretrain_dataset(), tmp_path, "tiny", 0)
+    assert starts == [1], "resumed after the finished first epoch"
+    assert (folder / "encoder.pth").exists()
+
+
+def test_paper_preset_resolves_and_builds_its_models(tmp_path):
+    cfg = load_preset("paper")
+    for task_name, dim, tokens, pairs in (("cifar100", 384, 64, 2048), ("imagenet", 768, 196, 4802)):
+        task = build_task(task_name, cfg["tasks"], "/nonexistent", tmp_path)
+        cell = resolve_cell(cfg, "part", task)
+        assert cell["variant"] == "" and cell["method_cfg"]["num_pairs"] == pairs
+        model = build_method("part", **cell["method_cfg"])
+        assert model.encoder.embed_dim == dim and model.num_patches == tokens
+        assert len(model.encoder.blocks) == 12 and model.encoder.pos_embed is None
+        assert task.pretrain_cfg["epochs"] == (1000 if task_name == "cifar100" else 400)
+        assert cfg["tasks"][task_name]["finetune"]["epochs"] == (400 if task_name == "cifar100" else 300)
+        del model
+
+
+def _cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "benchmarks.run", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--method", "nope", "--task", "cifar100"], "error: unknown method 'nope'"),
+    (["--method", "part", "--task", "nope"], "error: unknown task 'nope'"),
+    (["--method", "part", "--task", "cifar100", "--preset", "nope"], "error: unknown preset 'nope'"),
+    (["--method", "part", "--task", "cifar100", "--data-root", "/nonexistent/cifar"],
+     "error: CIFAR-100 root /nonexistent/cifar"),
+])
+def test_cli_bad_input_is_one_clear_line(args, expected, tmp_path):
+    res = _cli(*args, "--cache", str(tmp_path), "--out", str(tmp_path / "runs"))
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+
+
+def test_cli_cifar_folder_in_wrong_layout(tmp_path):
+    root = tmp_path / "cifar"
+    (root / "cifar-100-python").mkdir(parents=True)
+    (root / "cifar-100-python" / "train").write_bytes(b"garbage")
+    res = _cli("--method", "part", "--task", "cifar100", "--data-root", str(root),
+               "--cache", str(tmp_path), "--out", str(tmp_path / "runs"))
+    assert res.returncode == 2
+    assert len(res.stderr.strip().splitlines()) == 1 and "cifar-100-python" in res.stderr
+    assert "Traceback" not in res.stderr
