@@ -81,13 +81,17 @@ class CrossAttentionRelativeHead(nn.Module):
         u = torch.einsum("bhnk,ohk->bhno", values, w_po)                       # (B, H, N, o)
         bias = self.predict.weight @ self.attn.out_proj.bias + self.predict.bias
 
+        # Row look-ups (index_select) rather than element-wise gathers: a pair reads
+        # one row of N logits per head from each matrix.
         m = pairs.shape[1]
-        idx_ref = pairs[:, None, :, 0:1].expand(b, h, m, n)
-        idx_tgt = pairs[:, None, :, 1:2].expand(b, h, m, n)
-        logits = (torch.gather(logits_ref, 2, idx_ref) + torch.gather(logits_tgt, 2, idx_tgt)
-                  + logits_0)                                                 # (B, H, M, N)
+        rows_ref = logits_ref.permute(0, 2, 1, 3).reshape(b * n, h * n)
+        rows_tgt = logits_tgt.permute(0, 2, 1, 3).reshape(b * n, h * n)
+        offset = (torch.arange(b, device=pairs.device) * n)[:, None]
+        logits = (rows_ref.index_select(0, (pairs[..., 0] + offset).reshape(-1))
+                  + rows_tgt.index_select(0, (pairs[..., 1] + offset).reshape(-1)))
+        logits = logits.view(b, m, h, n) + logits_0.transpose(1, 2)            # (B, M, H, N)
         probs = logits.softmax(dim=-1)
-        return (probs @ u).sum(dim=1) + bias                                   # (B, M, o)
+        return torch.einsum("bmhn,bhno->bmo", probs, u) + bias                 # (B, M, o)
 
 
 class MLPRelativeHead(nn.Module):

@@ -29,8 +29,11 @@ SMALL = {
 }
 
 
+LEARN = {**SMALL, "tasks.cifar100.pretrain.epochs": 8}
+
+
 def _pretrain_and_score(cache: Path, seed: int = 0):
-    cfg = load_preset("tiny", SMALL)
+    cfg = load_preset("tiny", LEARN)
     task = build_task("pretext", cfg["tasks"], None, cache)
     cell = resolve_cell(cfg, "part", task)
     folder = ensure_pretrained("part", cell["method_cfg"], task.pretrain_cfg,
@@ -44,8 +47,8 @@ def test_part_learns_relative_positions_and_a_shuffled_pairing_does_not(tmp_path
 
     # symmetry: predicted dx/dy matrices on held-out images are close to antisymmetric
     method, task = pretrained_method("part", preset="tiny", cache=tmp_path / "good",
-                                     cfg_options=SMALL)
-    images = torch.stack([task._split(False, None).data[i] for i in range(4)])
+                                     cfg_options=LEARN)
+    images = torch.from_numpy(task._split(False, None).data[:4])
     images = (images.permute(0, 3, 1, 2).float() / 255 - 0.45) / 0.225
     pred, true = method.pair_matrices(images, method.sample_boxes(images))
     for k in range(2):
@@ -60,13 +63,14 @@ def test_part_learns_relative_positions_and_a_shuffled_pairing_does_not(tmp_path
         return self.head(self.embed(images, boxes), pairs[:, perm])
 
     monkeypatch.setattr(PART, "predict", shuffled_pairing_predict)
-    cfg = load_preset("tiny", SMALL)
+    cfg = load_preset("tiny", LEARN)
     task = build_task("pretext", cfg["tasks"], None, tmp_path / "broken")
     cell = resolve_cell(cfg, "part", task)
     broken = ensure_pretrained("part", cell["method_cfg"], task.pretrain_cfg,
                                task.pretrain_dataset(), tmp_path / "broken", "tiny", 0)
     monkeypatch.undo()
     bad = task.run(pretrained=broken, work_dir=tmp_path / "eval2", seed=0, method_name="part")
+    print("learned:", metrics, "shuffled pairing:", bad)
     assert bad["err_euclid"] > 0.5 * bad["const_err_euclid"], bad
 
 

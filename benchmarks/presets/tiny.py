@@ -11,7 +11,7 @@ _encoder_32 = dict(arch="vit_micro", img_size=32, patch_size=4, in_chans=3)  # N
 
 # One pretraining schedule for every method (the same images, epochs and optimiser).
 _pretrain_32 = dict(
-    epochs=8, batch_size=64, lr=1e-3, weight_decay=0.05, betas=(0.9, 0.95),
+    epochs=6, batch_size=64, lr=1e-3, weight_decay=0.05, betas=(0.9, 0.95),
     warmup_epochs=1, num_workers=1, log_interval=20,
     # Random resized crop only: the embedded scenes' backgrounds run left to right,
     # and a flip would make x ambiguous at this tiny scale.
@@ -20,7 +20,7 @@ _pretrain_32 = dict(
 
 # DeiT recipe (timm), scaled down in epochs.
 _finetune_32 = dict(
-    epochs=8, batch_size=64, lr=1e-3, weight_decay=0.05, warmup_epochs=1, min_lr=1e-5,
+    epochs=6, batch_size=64, lr=1e-3, weight_decay=0.05, warmup_epochs=1, min_lr=1e-5,
     layer_decay=0.75, drop_path=0.1, rand_augment="rand-m9-mstd0.5-inc1-mmax9", mixup=0.8,
     cutmix=1.0, smoothing=0.1, reprob=0.25, rrc_scale=(0.6, 1.0), num_workers=1,
     log_interval=20,
