@@ -4,7 +4,7 @@ PRESET  ?= tiny
 SEEDS   ?= 1
 ARGS    ?=
 
-.PHONY: setup doctor test run table5 fig8 figures speed clean-results
+.PHONY: setup doctor test table4 table5 table6 table7 fig8 figures speed
 
 setup:                     ## create .venv with every package the suite needs (incl. mmcv ops)
 	bash scripts/setup.sh
@@ -26,3 +26,12 @@ figures:                   ## Figures 4-6: reconstruction, uncertainty, symmetry
 
 speed:                     ## step-time and extraction benchmarks (printed ratios)
 	$(PY) -m benchmarks.speed $(ARGS)
+
+table4:                    ## Table 4: PART-grid vs PART (CIFAR-100, IN-1K columns)
+	$(PY) -m benchmarks.tables table4 --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+
+table6:                    ## Table 6: ImageNet-1k rows we implement
+	$(PY) -m benchmarks.tables table6 --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+
+table7:                    ## Table 7: CIFAR-100 rows we implement
+	$(PY) -m benchmarks.tables table7 --preset $(PRESET) --seeds $(SEEDS) $(ARGS)

@@ -26,10 +26,21 @@ _finetune_32 = dict(
     log_interval=20,
 )
 
+# Method configs (the same pretraining schedule for all). Decoders are scaled down
+# with the encoder; the paper preset has the public recipes' sizes.
+_mp3 = dict(mask_ratio=0.75)
 methods = dict(
     part=dict(num_pairs=2048, head="cross_attention"),
     **{"part-grid": dict(num_pairs=2048, head="cross_attention")},
     **{"part-aspect-scale": dict(num_pairs=2048, head="cross_attention")},
+    mae=dict(mask_ratio=0.75, decoder_dim=64, decoder_depth=2, decoder_heads=4,
+             norm_pix_loss=True),
+    droppos=dict(mask_ratio=0.75, pos_mask_ratio=0.75, decoder_dim=64, decoder_depth=1,
+                 decoder_heads=4, position_smoothing=True, attentive_reconstruction=True),
+    mp3=_mp3,
+    **{"mp3-nope": _mp3},
+    scratch=dict(),
+    **{"scratch-nope": dict()},
 )
 
 tasks = dict(
