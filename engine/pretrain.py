@@ -20,17 +20,16 @@ from pathlib import Path
 
 import torch
 from mmengine.dist import is_main_process, barrier
-from mmengine.model import BaseModel
 
 from methods import build_method
 
-from .runner import build_runner
+from .runner import SuiteModel, build_runner
 
 __all__ = ["PretrainModel", "pretrain_key", "ensure_pretrained", "atomic_torch_save",
            "load_method"]
 
 
-class PretrainModel(BaseModel):
+class PretrainModel(SuiteModel):
     """Adapts a method (images -> dict of loss and metrics) to mmengine's model API."""
 
     def __init__(self, method):

@@ -26,13 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from mmengine.hooks import Hook
+from mmengine.model import BaseModel
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.registry import HOOKS, OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.runner import Runner
 
 from .errors import TrainingError
 
-__all__ = ["build_runner", "trust_suite_checkpoints", "LayerDecayOptimWrapperConstructor",
+__all__ = ["SuiteModel", "build_runner", "trust_suite_checkpoints", "LayerDecayOptimWrapperConstructor",
            "FiniteLossHook", "TrainingProgressHook", "launcher_from_env", "use_cuda"]
 
 
@@ -58,6 +59,21 @@ def trust_suite_checkpoints() -> None:
 
 
 trust_suite_checkpoints()
+
+
+class SuiteModel(BaseModel):
+    """Base of every model the suite hands to a Runner.
+
+    Weights are final when the model is built: timm's initialisation, fixed sin-cos
+    tables, or a pretrained checkpoint loaded by a task. The Runner calls
+    ``init_weights()`` before training, and mmengine's default would call timm's own
+    ``init_weights`` on the encoder, silently replacing loaded weights with random
+    ones. So this is a no-op; the Runner still broadcasts the parameters from rank 0
+    right after it, which keeps DDP replicas identical.
+    """
+
+    def init_weights(self):
+        pass
 
 
 def use_cuda() -> bool:

@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from mmengine.evaluator import BaseMetric
-from mmengine.model import BaseModel
 from mmengine.registry import METRICS
 from sklearn.metrics import accuracy_score
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
@@ -26,7 +25,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torchvision import transforms as T
 
 from engine.errors import ConfigError
-from engine.runner import build_runner
+from engine.runner import SuiteModel, build_runner
 from methods.backbone import build_encoder
 
 from .base import RunnerSamples, Task
@@ -51,7 +50,7 @@ class Top1Accuracy(BaseMetric):
         return {"acc1": 100.0 * accuracy_score(labels, preds)}
 
 
-class ClassifierModel(BaseModel):
+class ClassifierModel(SuiteModel):
     """A ViT with a linear head on [CLS], trained with Mixup/CutMix + soft targets."""
 
     def __init__(self, encoder, num_classes: int, mixup: float = 0.8, cutmix: float = 1.0,

@@ -214,3 +214,36 @@ def test_cli_cifar_folder_in_wrong_layout(tmp_path):
     assert res.returncode == 2
     assert len(res.stderr.strip().splitlines()) == 1 and "cifar-100-python" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_finetuning_starts_from_the_pretrained_weights(tmp_path):
+    """The Runner must not re-initialise a loaded encoder: with lr 0 the weights after
+    training are exactly the checkpoint's."""
+    from engine.runner import build_runner
+    from tasks.base import RunnerSamples
+    from tasks.classification import ClassifierModel
+
+    method = build_method("part", encoder=dict(arch="vit_micro", img_size=32, patch_size=4))
+    atomic_torch_save({"state_dict": method.encoder_state_dict()}, tmp_path / "encoder.pth")
+    enc = build_encoder("vit_micro", img_size=32, patch_size=4, pos_embed="learn", num_classes=10)
+    load_encoder_weights(enc, tmp_path / "encoder.pth", log=lambda *_: None)
+    data = [(torch.randn(3, 32, 32), i % 10) for i in range(16)]
+    runner = build_runner(ClassifierModel(enc, 10), tmp_path / "work", RunnerSamples(data),
+                          epochs=1, batch_size=8, lr=0.0, weight_decay=0.0, num_workers=0)
+    runner.train()
+    after = runner.model.encoder.state_dict()
+    for k, v in method.encoder_state_dict().items():
+        assert torch.equal(after[k], v), f"{k} changed: re-initialised by the Runner?"
+
+
+def test_mae_keeps_its_fixed_sincos_position_embedding_through_pretraining(tmp_path):
+    cfg = load_preset("tiny", {**SMALL, "tasks.cifar100.embedded.num_train": 64,
+                               "tasks.cifar100.pretrain.epochs": 1,
+                               "tasks.cifar100.pretrain.batch_size": 32})
+    task = build_task("cifar100", cfg["tasks"], None, tmp_path)
+    cell = resolve_cell(cfg, "mae", task)
+    folder = ensure_pretrained("mae", cell["method_cfg"], task.pretrain_cfg,
+                               task.pretrain_dataset(), tmp_path, "tiny", 0)
+    saved = torch.load(folder / "encoder.pth", weights_only=True)["state_dict"]["pos_embed"]
+    fresh = build_method("mae", **cell["method_cfg"]).encoder.pos_embed
+    torch.testing.assert_close(saved, fresh.detach())
