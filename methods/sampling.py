@@ -118,17 +118,23 @@ def _sampling_ratio(boxes: torch.Tensor, out_size: int) -> int:
     return max(1, math.ceil(largest / out_size))
 
 
+def _rois(boxes: torch.Tensor) -> torch.Tensor:
+    """``(B, N, 4)`` boxes -> ``(B*N, 5)`` rows ``(image index, x1, y1, x2, y2)`` for roi_align."""
+    b, n, _ = boxes.shape
+    xyxy = torch.cat([boxes[..., :2], boxes[..., :2] + boxes[..., 2:]], dim=-1)
+    index = torch.arange(b, device=boxes.device, dtype=boxes.dtype).repeat_interleave(n)
+    return torch.cat([index[:, None], xyxy.reshape(b * n, 4)], dim=1)
+
+
 def extract_patches(images: torch.Tensor, boxes: torch.Tensor, patch_size: int) -> torch.Tensor:
     """Cut every box out of its image and resize it to ``patch_size``: one batched call.
 
     images ``(B, C, H, W)``, boxes ``(B, N, 4)`` -> patches ``(B, N, C, P, P)``.
     """
     b, n, _ = boxes.shape
-    xyxy = torch.cat([boxes[..., :2], boxes[..., :2] + boxes[..., 2:]], dim=-1)
-    index = torch.arange(b, device=boxes.device, dtype=boxes.dtype).repeat_interleave(n)
-    rois = torch.cat([index[:, None], xyxy.reshape(b * n, 4).to(boxes.dtype)], dim=1)
-    out = roi_align(images, rois.to(images.dtype), output_size=patch_size, spatial_scale=1.0,
-                    sampling_ratio=_sampling_ratio(boxes, patch_size), aligned=True)
+    out = roi_align(images, _rois(boxes).to(images.dtype), output_size=patch_size,
+                    spatial_scale=1.0, sampling_ratio=_sampling_ratio(boxes, patch_size),
+                    aligned=True)
     return out.view(b, n, images.shape[1], patch_size, patch_size)
 
 
@@ -160,10 +166,7 @@ def extract_windows(signals: torch.Tensor, windows: torch.Tensor, window: int) -
     zeros = torch.zeros_like(windows[..., :1])
     ones = torch.ones_like(windows[..., :1])
     boxes = torch.cat([windows[..., :1], zeros, windows[..., 1:], ones], dim=-1)
-    xyxy = torch.cat([boxes[..., :2], boxes[..., :2] + boxes[..., 2:]], dim=-1)
-    index = torch.arange(b, device=windows.device, dtype=windows.dtype).repeat_interleave(n)
-    rois = torch.cat([index[:, None], xyxy.reshape(b * n, 4)], dim=1)
     ratio = max(1, math.ceil(float(windows[..., 1].max()) / window)) if windows.numel() else 1
-    out = roi_align(signals.unsqueeze(2), rois.to(signals.dtype), output_size=(1, window),
+    out = roi_align(signals.unsqueeze(2), _rois(boxes).to(signals.dtype), output_size=(1, window),
                     spatial_scale=1.0, sampling_ratio=ratio, aligned=True)
     return out.view(b, n, signals.shape[1], window)

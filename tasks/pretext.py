@@ -25,7 +25,8 @@ __all__ = ["PretextTask"]
 
 class PretextTask(Task):
     name = "pretext"
-    metric_names = ("err_x", "err_y", "err_euclid", "const_err_euclid")
+    # metrics are the method's own: PART err_x/err_y/err_euclid/const_err_euclid,
+    # MAE recon_mse/zero_mse, MP3 and DropPos pos_acc/chance_acc
 
     def __init__(self, cfg, data_root, cache_root, source):
         super().__init__(cfg, data_root, cache_root)
