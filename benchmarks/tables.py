@@ -148,7 +148,9 @@ def fill(name: str, preset: str, seeds: int, run: bool, data_root=None, cache=No
                  out=runs_dir, method_overrides=row.overrides)
 
     records = {Path(r["path"]).name: r for r in read_records(runs_dir)} if runs_dir.exists() else {}
-    paper = pd.read_csv(PAPER / f"{name}.csv").set_index("row") if (PAPER / f"{name}.csv").exists() else None
+    # read as text: the paper's numbers keep the precision they were printed with
+    paper_csv = PAPER / f"{name}.csv"
+    paper = pd.read_csv(paper_csv, dtype=str).set_index("row") if paper_csv.exists() else None
     lines = []
     for row in table.rows:
         entry = {"row": row.label}
@@ -167,7 +169,8 @@ def fill(name: str, preset: str, seeds: int, run: bool, data_root=None, cache=No
             entry[f"{col.label} (ours, n)"] = len(s)
             if col.paper:
                 has = paper is not None and row.label in paper.index and col.paper in paper.columns
-                entry[f"{col.label} (paper)"] = paper.loc[row.label, col.paper] if has else float("nan")
+                value = paper.loc[row.label, col.paper] if has else None
+                entry[f"{col.label} (paper)"] = value if isinstance(value, str) else float("nan")
         if row.method is None:
             entry["status"] = row.status
         lines.append(entry)
@@ -221,6 +224,7 @@ def render_markdown(table: Table, df, preset: str, seeds: int) -> str:
 
 def plot_pairs(df, path: Path, preset: str) -> None:
     import matplotlib
+    import pandas as pd
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -229,7 +233,7 @@ def plot_pairs(df, path: Path, preset: str) -> None:
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     ax.errorbar(pairs, df["acc (ours)"], yerr=df["acc (ours, std)"].fillna(0), marker="o",
                 capsize=3, label=f"ours ({preset} preset)")
-    paper = df["acc (paper)"]
+    paper = pd.to_numeric(df["acc (paper)"], errors="coerce")
     if paper.notna().any():
         ax.scatter([p for p, v in zip(pairs, paper) if v == v], paper.dropna(), marker="*",
                    s=80, color="C3", label="paper (1000 PT epochs)")
