@@ -61,7 +61,10 @@ def main(argv=None) -> int:
         print("interrupted: rerun the same command to resume from the last checkpoint",
               file=sys.stderr)
         return 130
-    print_metrics(record)
+    from mmengine.dist import is_main_process
+
+    if is_main_process():
+        print_metrics(record)
     return 0
 
 
@@ -146,10 +149,14 @@ def run_cell(method: str, task: str, *, preset: str = "tiny", seed: int = 0, dat
     record = build_record(cell, task, cfg, seed, metrics, pretrained,
                           dict(total=time.time() - started, pretrain=t_pre, task=t_task),
                           data_root)
-    write_record(record, path)
-    # The record is written: the finetune state is spent (a rerun trains afresh).
-    for spent in [*work_dir.glob("*.pth"), work_dir / "last_checkpoint"]:
-        spent.unlink(missing_ok=True)
+    from mmengine.dist import barrier, is_main_process
+
+    if is_main_process():  # under torchrun every rank has the gathered metrics; one writes
+        write_record(record, path)
+        # The record is written: the finetune state is spent (a rerun trains afresh).
+        for spent in [*work_dir.glob("*.pth"), work_dir / "last_checkpoint"]:
+            spent.unlink(missing_ok=True)
+    barrier()
     record["path"] = str(path)
     return record
 

@@ -177,8 +177,17 @@ def build_runner(model, work_dir: str | Path, train_dataset, *, epochs: int, bat
                   sampler=dict(type="DefaultSampler", shuffle=True),
                   collate_fn=dict(type=collate_fn))
     kwargs = {}
+    if launcher_from_env() == "pytorch" and not use_cuda():
+        # mmengine's own init_dist always selects a CUDA device; on CPU (gloo) the suite
+        # starts the process group itself and wraps the model without device ids.
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        kwargs["cfg"] = dict(model_wrapper_cfg=dict(type="MMDistributedDataParallel", device_ids=None,
+                                                    broadcast_buffers=False))
     if test_dataset is not None:
-        kwargs = dict(
+        kwargs.update(
             test_dataloader=dict(dataset=test_dataset, batch_size=test_batch_size or batch_size,
                                  num_workers=num_workers, persistent_workers=False,
                                  sampler=dict(type="DefaultSampler", shuffle=False),

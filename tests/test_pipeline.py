@@ -247,3 +247,24 @@ def test_mae_keeps_its_fixed_sincos_position_embedding_through_pretraining(tmp_p
     saved = torch.load(folder / "encoder.pth", weights_only=True)["state_dict"]["pos_embed"]
     fresh = build_method("mae", **cell["method_cfg"]).encoder.pos_embed
     torch.testing.assert_close(saved, fresh.detach())
+
+
+def test_torchrun_two_processes_train_and_write_one_record(tmp_path):
+    """DDP through torchrun (gloo on CPU): each rank sees half the batches per epoch,
+    the test metric is gathered, and one record is written."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    opts = ["tasks.cifar100.embedded.num_train=256", "tasks.cifar100.embedded.num_test=64",
+            "tasks.cifar100.pretrain.epochs=1", "tasks.cifar100.finetune.epochs=1",
+            "tasks.cifar100.pretrain.num_workers=0", "tasks.cifar100.finetune.num_workers=0",
+            "tasks.cifar100.pretrain.batch_size=32", "tasks.cifar100.finetune.batch_size=32"]
+    res = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "benchmarks.run",
+                          "--method", "part", "--task", "cifar100", "--cache", str(tmp_path / "c"),
+                          "--out", str(tmp_path / "runs"), "--cfg-options", *opts],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    log = res.stdout + res.stderr
+    assert "Epoch(train) [1][4/4]" in log      # 256 images / (32 per rank x 2 ranks)
+    records = list((tmp_path / "runs").glob("*.json"))
+    assert len(records) == 1
+    rec = json.loads(records[0].read_text())
+    assert rec["hardware"]["world_size"] == 2 and 0 <= rec["metrics"]["acc1"] <= 100
