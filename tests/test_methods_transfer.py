@@ -69,3 +69,15 @@ def test_rows_that_differ_only_in_finetuning_share_one_pretraining(tmp_path):
         keys[m] = pretrain_key(m, cell["method_cfg"], task.pretrain_cfg, "tiny", 0)
     assert keys["mp3"] == keys["mp3-nope"]
     assert keys["part"] != keys["part-grid"]
+
+
+def test_imagenet_task_reads_its_imagefolder(tmp_path):
+    opts = {"tasks.imagenet.embedded.num_train": 64, "tasks.imagenet.embedded.num_val": 30,
+            "tasks.imagenet.pretrain.epochs": 1, "tasks.imagenet.pretrain.num_workers": 0,
+            "tasks.imagenet.pretrain.batch_size": 32, "tasks.imagenet.finetune.epochs": 1,
+            "tasks.imagenet.finetune.num_workers": 0, "tasks.imagenet.finetune.batch_size": 32}
+    rec = run_cell("part", "imagenet", preset="tiny", cache=tmp_path, out=tmp_path / "runs",
+                   cfg_options=opts, log=lambda *_: None)
+    assert rec["metrics"]["new_keys"] == ["head.bias", "head.weight", "pos_embed"]
+    root = next((tmp_path / "data").glob("*imagefolder*"))
+    assert len(list((root / "val").glob("*/*.png"))) == 30
