@@ -172,8 +172,10 @@ def build_runner(model, work_dir: str | Path, train_dataset, *, epochs: int, bat
     schedulers.append(dict(type="CosineAnnealingLR", by_epoch=False, begin=warmup_iters,
                            end=max(total_iters, warmup_iters + 1), eta_min=min_lr))
 
+    # Workers end with each epoch: persistent ones outlive the Runner (mmengine keeps
+    # global references to it), and a table run would pile them up cell after cell.
     loader = dict(dataset=train_dataset, batch_size=batch_size, num_workers=num_workers,
-                  persistent_workers=num_workers > 0, drop_last=len(train_dataset) >= batch_size,
+                  persistent_workers=False, drop_last=len(train_dataset) >= batch_size,
                   sampler=dict(type="DefaultSampler", shuffle=True),
                   collate_fn=dict(type=collate_fn))
     kwargs = {}
