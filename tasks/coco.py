@@ -2,8 +2,8 @@
 
 The model is MMDetection's ``MaskRCNN`` with the suite's :class:`tasks.vitdet.ViTDetBackbone`
 (the pretrained encoder, loaded by explicit, logged rules) and ViTDet's simple feature
-pyramid; heads as in ViTDet (two-conv RPN, 4conv1fc box head and FCN mask head with
-LayerNorm). Training is mmengine's Runner (AdamW, layer-wise lr decay, linear warmup,
+pyramid; heads as in ViTDet (two-conv RPN, 4conv1fc box head and 4-conv FCN mask head
+with LayerNorm; the numbers of convs/fcs are preset values, smaller in ``tiny``). Training is mmengine's Runner (AdamW, layer-wise lr decay, linear warmup,
 step drops), data is large-scale jitter (random resize ratio, random crop, pad), and
 evaluation is MMDetection's ``CocoMetric`` (pycocotools) on the val annotation file.
 Metrics, in % like the paper: ``bbox_mAP``, ``bbox_mAP_50``, ``bbox_mAP_75``,
@@ -154,7 +154,8 @@ def build_detector_cfg(det: dict, encoder: dict, num_classes: int, pos_embed: bo
             bbox_roi_extractor=dict(type="SingleRoIExtractor",
                                     roi_layer=dict(type="RoIAlign", output_size=7, sampling_ratio=0),
                                     out_channels=ch, featmap_strides=strides[:-1]),
-            bbox_head=dict(type="Shared4Conv1FCBBoxHead", in_channels=ch, conv_out_channels=ch,
+            bbox_head=dict(type="ConvFCBBoxHead", num_shared_convs=det.get("bbox_convs", 4),
+                           num_shared_fcs=det.get("bbox_fcs", 1), in_channels=ch, conv_out_channels=ch,
                            fc_out_channels=det["fc_channels"], roi_feat_size=7, num_classes=num_classes,
                            norm_cfg=norm,
                            bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4,
@@ -165,7 +166,7 @@ def build_detector_cfg(det: dict, encoder: dict, num_classes: int, pos_embed: bo
             mask_roi_extractor=dict(type="SingleRoIExtractor",
                                     roi_layer=dict(type="RoIAlign", output_size=14, sampling_ratio=0),
                                     out_channels=ch, featmap_strides=strides[:-1]),
-            mask_head=dict(type="FCNMaskHead", num_convs=4, in_channels=ch, conv_out_channels=ch,
+            mask_head=dict(type="FCNMaskHead", num_convs=det.get("mask_convs", 4), in_channels=ch, conv_out_channels=ch,
                            num_classes=num_classes, norm_cfg=norm,
                            loss_mask=dict(type="CrossEntropyLoss", use_mask=True, loss_weight=1.0))),
         train_cfg=dict(
