@@ -31,7 +31,7 @@ from .base import RunnerSamples, Task
 from .data.coco_synthetic import COCO_LAYOUT, ensure_embedded_coco
 
 __all__ = ["CocoTask", "coco_classes", "check_coco_root", "build_detector_cfg", "train_pipeline",
-           "test_pipeline", "build_coco_dataset", "summarise_metrics", "evaluate_predictions"]
+           "eval_pipeline", "build_coco_dataset", "summarise_metrics", "evaluate_predictions"]
 
 METRIC_KEYS = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")
 
@@ -88,7 +88,7 @@ def train_pipeline(size: int, ratio_range=(0.1, 2.0), pad_val: int = 114, hflip:
     ]
 
 
-def test_pipeline(size: int, pad_val: int = 114):
+def eval_pipeline(size: int, pad_val: int = 114):
     return [
         dict(type="LoadImageFromFile", backend_args=None),
         dict(type="Resize", scale=(size, size), keep_ratio=True),
@@ -300,7 +300,7 @@ class CocoTask(Task):
         train_set = build_coco_dataset(self.root, "train", train_pipeline(
             size, ft.get("resize_ratio", (0.1, 2.0)), ft.get("pad_val", 114), ft.get("hflip", 0.5)),
             classes, ft.get("min_size", 0))
-        val_set = build_coco_dataset(self.root, "val", test_pipeline(size, ft.get("pad_val", 114)), classes)
+        val_set = build_coco_dataset(self.root, "val", eval_pipeline(size, ft.get("pad_val", 114)), classes)
         model = build_detector(det, self.encoder_cfg, len(classes), pos_embed=finetune_pos_embed)
         report = None
         if pretrained is not None:
