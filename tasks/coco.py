@@ -14,9 +14,11 @@ Data: ``--data-root`` holding COCO 2017 (``train2017/``, ``val2017/``,
 scenes are written once in that layout (:mod:`tasks.data.coco_synthetic`) and read by
 the same readers. Categories and their ids always come from the annotation file.
 
-Pretraining (``pretrain_dataset``): ImageNet-format images at the detector's patch
-size: the preset's ``imagenet`` data (``--data-root``'s sibling given by
-``pretrain_data_root``) or, without a root, embedded ImageFolder scenes.
+Pretraining (``pretrain_dataset``): ImageNet-format images with the encoder the
+detector starts from: ImageNet at ``pretrain_data.data_root`` when ``--data-root``
+(COCO's) is given, else the preset's embedded ImageFolder scenes. Its encoder and
+schedule equal the ``imagenet`` task's where the sizes match, so both tasks share one
+pretrained checkpoint.
 """
 from __future__ import annotations
 
@@ -204,8 +206,18 @@ def build_detector(det: dict, encoder: dict, num_classes: int, pos_embed: bool =
     from mmdet.registry import MODELS
     from mmengine.config import ConfigDict
 
+    import logging
+
+    from mmengine.logging import MMLogger
+
     model = MODELS.build(ConfigDict(build_detector_cfg(det, encoder, num_classes, pos_embed)))
-    model.init_weights()
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # mmengine logs one line per initialised tensor
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
     return model
 
 
