@@ -143,7 +143,7 @@ def build_detector_cfg(det: dict, encoder: dict, num_classes: int, pos_embed: bo
                       global_blocks=tuple(det["global_blocks"]), drop_path_rate=det["drop_path"],
                       use_rel_pos=det.get("use_rel_pos", True), use_abs_pos=pos_embed),
         neck=dict(type="SimpleFeaturePyramid", in_channels=_embed_dim(encoder), out_channels=ch,
-                  scale_factors=scales, num_outs=len(strides), norm_cfg=norm),
+                  scale_factors=scales, num_outs=len(strides)),
         rpn_head=dict(
             type="RPNHead", in_channels=ch, feat_channels=ch, num_convs=2,
             anchor_generator=dict(type="AnchorGenerator", scales=[det.get("anchor_scale", 8)],

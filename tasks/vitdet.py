@@ -244,8 +244,7 @@ class SimpleFeaturePyramid(BaseModule):
     stride when ``num_outs`` exceeds the number of scale factors."""
 
     def __init__(self, in_channels: int, out_channels: int = 256,
-                 scale_factors=(4.0, 2.0, 1.0, 0.5), num_outs: int = 5,
-                 norm_cfg=dict(type="PartLN2d"), init_cfg=None):
+                 scale_factors=(4.0, 2.0, 1.0, 0.5), num_outs: int = 5, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         self.num_outs = num_outs
         self.stages = nn.ModuleList()
