@@ -4,7 +4,7 @@ PRESET  ?= tiny
 SEEDS   ?= 1
 ARGS    ?=
 
-.PHONY: setup doctor test table4 table5 table6 table7 fig8 figures speed
+.PHONY: setup doctor test table1 table2 table4 table5 table6 table7 fig8 figures speed
 
 setup:                     ## create .venv with every package the suite needs (incl. mmcv ops)
 	bash scripts/setup.sh
@@ -27,7 +27,13 @@ figures:                   ## Figures 4-6: reconstruction, uncertainty, symmetry
 speed:                     ## step-time and extraction benchmarks (printed ratios)
 	$(PY) -m benchmarks.speed $(ARGS)
 
-table4:                    ## Table 4: PART-grid vs PART (CIFAR-100, IN-1K columns)
+table1:                    ## Table 1: PART vs PART + aspect ratio + scale (COCO, IN-1K)
+	$(PY) -m benchmarks.tables table1 --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+
+table2:                    ## Table 2: COCO detection, MAE / MP3 / DropPos / PART
+	$(PY) -m benchmarks.tables table2 --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+
+table4:                    ## Table 4: PART-grid vs PART (COCO, CIFAR-100, IN-1K columns)
 	$(PY) -m benchmarks.tables table4 --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
 
 table6:                    ## Table 6: ImageNet-1k rows we implement

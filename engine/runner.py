@@ -148,8 +148,18 @@ def build_runner(model, work_dir: str | Path, train_dataset, *, epochs: int, bat
                  num_workers: int = 2, seed: int = 0, log_interval: int = 10,
                  test_dataset=None, test_evaluator=None, test_batch_size: int | None = None,
                  grad_clip: float | None = None, collate_fn: str = "default_collate",
-                 experiment_name: str | None = None) -> Runner:
-    """A Runner for one training job (see module docstring)."""
+                 experiment_name: str | None = None, lr_steps: tuple | None = None,
+                 lr_step_gamma: float = 0.1,
+                 optim_constructor: str = "LayerDecayOptimWrapperConstructor",
+                 default_scope: str = "mmengine") -> Runner:
+    """A Runner for one training job (see module docstring).
+
+    ``lr_steps`` (fractions of the total iterations, e.g. ``(0.889, 0.963)``) replaces
+    the cosine decay by step drops of ``lr_step_gamma`` at those points (detection's
+    multi-step schedule); warmup stays linear. ``optim_constructor`` builds the
+    layer-decay parameter groups; ``default_scope`` is the registry scope the Runner
+    builds its parts in (``mmdet`` for detectors).
+    """
     work_dir = Path(work_dir)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     iters_per_epoch = max(1, math.ceil(len(train_dataset) / (batch_size * world)))
@@ -162,15 +172,20 @@ def build_runner(model, work_dir: str | Path, train_dataset, *, epochs: int, bat
     if grad_clip:
         optim_wrapper["clip_grad"] = dict(max_norm=grad_clip)
     if layer_decay is not None:
-        optim_wrapper["constructor"] = "LayerDecayOptimWrapperConstructor"
+        optim_wrapper["constructor"] = optim_constructor
         optim_wrapper["paramwise_cfg"] = dict(layer_decay=layer_decay)
 
     schedulers = []
     if warmup_iters > 0:
         schedulers.append(dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0,
                                end=warmup_iters))
-    schedulers.append(dict(type="CosineAnnealingLR", by_epoch=False, begin=warmup_iters,
-                           end=max(total_iters, warmup_iters + 1), eta_min=min_lr))
+    if lr_steps:
+        schedulers.append(dict(type="MultiStepLR", by_epoch=False, begin=0, end=total_iters,
+                               milestones=[int(round(f * total_iters)) for f in lr_steps],
+                               gamma=lr_step_gamma))
+    else:
+        schedulers.append(dict(type="CosineAnnealingLR", by_epoch=False, begin=warmup_iters,
+                               end=max(total_iters, warmup_iters + 1), eta_min=min_lr))
 
     # Workers end with each epoch: persistent ones outlive the Runner (mmengine keeps
     # global references to it), and a table run would pile them up cell after cell.
@@ -218,6 +233,7 @@ def build_runner(model, work_dir: str | Path, train_dataset, *, epochs: int, bat
         resume=True,
         log_level=os.environ.get("PART_BENCH_LOG_LEVEL", "INFO"),
         experiment_name=experiment_name,
+        default_scope=default_scope,
         **kwargs,
     )
     logging.getLogger("mmengine").propagate = False

@@ -9,12 +9,14 @@ from engine.errors import ConfigError
 
 from .base import Task
 from .classification import ClassificationTask
+from .coco import CocoTask
 from .pretext import PretextTask
 
 TASKS = {
     "cifar100": ClassificationTask,
     "imagenet": ClassificationTask,
     "pretext": PretextTask,
+    "coco": CocoTask,
 }
 
 

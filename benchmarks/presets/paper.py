@@ -51,4 +51,41 @@ tasks = dict(
                   # ImageNet pretraining uses 4802 pairs (the paper's COCO setting)
                   method_overrides=dict(part=dict(num_pairs=4802))),
     pretext=dict(source="cifar100", batch_size=256, max_images=10000, eval_seed=1234),
+    coco=dict(
+        # Pretraining: exactly the imagenet task's (encoder, schedule, 4802 pairs), so the
+        # two tasks share one checkpoint. The paper states 200 epochs for its COCO
+        # pretraining; add --cfg-options tasks.coco.pretrain.epochs=200 to follow that
+        # (a separate checkpoint). ImageNet's root is a config value because
+        # --data-root is COCO's: tasks.coco.pretrain_data.data_root=/data/imagenet.
+        encoder=_vit_b_in, pretrain=_pretrain_in,
+        method_overrides=dict(part=dict(num_pairs=4802)),
+        pretrain_data=dict(data_root=None, embedded=None),
+        # ViTDet's Mask R-CNN, ViT-B/16 at 1024 x 1024.
+        detector=dict(
+            img_size=1024, window_size=14, global_blocks=(2, 5, 8, 11), drop_path=0.1,
+            use_rel_pos=True, neck_channels=256, fc_channels=1024,
+            bbox_convs=4, bbox_fcs=1, mask_convs=4, anchor_scale=8,
+            rpn_train=dict(num=256, nms_pre=2000, max_per_img=1000), rcnn_train=dict(num=512),
+            rpn_test=dict(nms_pre=1000, max_per_img=1000),
+            rcnn_test=dict(score_thr=0.05, max_per_img=100),
+        ),
+        # The paper's "1x" (12 epochs), scaled from ViTDet's shipped 100-epoch LSJ
+        # schedule: 184375 iterations at batch 64 (~100 epochs of COCO train2017's
+        # 118k images), linear warmup over the first 250 iterations (start factor
+        # 0.001), lr x0.1 at iterations 163889 and 177546.
+        #   12 epochs  = 184375 * 12 / 100 = 22125 iterations at batch 64 (8 GPUs x 8);
+        #   warmup     = 250 / 184375 of training = 12 * 250 / 184375 epochs (~30 iterations);
+        #   lr drops   = at 163889 / 184375 = 0.8889 and 177546 / 184375 = 0.9630 of training
+        #                (iterations ~19667 and ~21306).
+        # build_runner turns epochs and fractions into iterations for the actual data
+        # set size and world size, so the fractions hold on any number of GPUs.
+        finetune=dict(
+            epochs=12, batch_size=8,  # per GPU: 8 GPUs x 8 = 64, ViTDet's batch
+            lr=1e-4, weight_decay=0.1, betas=(0.9, 0.999), layer_decay=0.7,
+            warmup_epochs=12 * 250 / 184375, lr_steps=(163889 / 184375, 177546 / 184375),
+            resize_ratio=(0.1, 2.0), hflip=0.5, pad_val=114, min_size=32, num_workers=8,
+            log_interval=50, test_batch_size=1,
+        ),
+        embedded=None,
+    ),
 )

@@ -1,0 +1,338 @@
+"""COCO object detection: Mask R-CNN with a ViTDet backbone, MMDetection 3.x.
+
+The model is MMDetection's ``MaskRCNN`` with the suite's :class:`tasks.vitdet.ViTDetBackbone`
+(the pretrained encoder, loaded by explicit, logged rules) and ViTDet's simple feature
+pyramid; heads as in ViTDet (two-conv RPN, 4conv1fc box head and 4-conv FCN mask head
+with LayerNorm; the numbers of convs/fcs are preset values, smaller in ``tiny``). Training is mmengine's Runner (AdamW, layer-wise lr decay, linear warmup,
+step drops), data is large-scale jitter (random resize ratio, random crop, pad), and
+evaluation is MMDetection's ``CocoMetric`` (pycocotools) on the val annotation file.
+Metrics, in % like the paper: ``bbox_mAP``, ``bbox_mAP_50``, ``bbox_mAP_75``,
+``bbox_mAP_s/m/l``, and the same for ``segm``.
+
+Data: ``--data-root`` holding COCO 2017 (``train2017/``, ``val2017/``,
+``annotations/instances_{train,val}2017.json``). Without a root, the preset's embedded
+scenes are written once in that layout (:mod:`tasks.data.coco_synthetic`) and read by
+the same readers. Categories and their ids always come from the annotation file.
+
+Pretraining (``pretrain_dataset``): ImageNet-format images with the encoder the
+detector starts from: ImageNet at ``pretrain_data.data_root`` when ``--data-root``
+(COCO's) is given, else the preset's embedded ImageFolder scenes. Its encoder and
+schedule equal the ``imagenet`` task's where the sizes match, so both tasks share one
+pretrained checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+from engine.errors import ConfigError, DataError
+
+from .base import RunnerSamples, Task
+from .data.coco_synthetic import COCO_LAYOUT, ensure_embedded_coco
+
+__all__ = ["CocoTask", "coco_classes", "check_coco_root", "build_detector_cfg", "train_pipeline",
+           "eval_pipeline", "build_coco_dataset", "summarise_metrics", "evaluate_predictions"]
+
+METRIC_KEYS = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")
+
+
+def _mmdet_scope():
+    """Register mmdet's modules (and ours) and make ``mmdet`` the default scope."""
+    import mmdet.models  # noqa: F401  (registers)
+    from mmdet.utils import register_all_modules
+
+    from . import vitdet  # noqa: F401  (registers the backbone, pyramid, LN2d)
+
+    register_all_modules(init_default_scope=True)
+
+
+# ---------------------------------------------------------------------------- data
+def check_coco_root(root: Path) -> None:
+    """One clear DataError naming the expected layout and the first wrong path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"COCO data root {root} does not exist; expected a folder with {COCO_LAYOUT}")
+    for rel in ("train2017", "val2017"):
+        if not (root / rel).is_dir():
+            raise DataError(f"COCO data root {root} has no {rel}/; expected {COCO_LAYOUT}")
+    for split in ("train", "val"):
+        ann = root / "annotations" / f"instances_{split}2017.json"
+        if not ann.is_file():
+            raise DataError(f"COCO data root {root} has no {ann.relative_to(root)}; expected {COCO_LAYOUT}")
+
+
+def coco_classes(ann_file: Path) -> tuple[str, ...]:
+    """Category names in the annotation file's order (mmdet maps ids to labels in
+    that order; the ids themselves may be anything)."""
+    try:
+        with open(ann_file) as f:
+            cats = json.load(f)["categories"]
+        return tuple(c["name"] for c in cats)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"cannot read categories from {ann_file}: {type(exc).__name__}: {exc}") from None
+
+
+def train_pipeline(size: int, ratio_range=(0.1, 2.0), pad_val: int = 114, hflip: float = 0.5):
+    """Large-scale jitter (ViTDet): flip, resize by a random ratio of ``size``, crop
+    ``size`` x ``size``, pad to it."""
+    return [
+        dict(type="LoadImageFromFile", backend_args=None),
+        dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
+        dict(type="RandomFlip", prob=hflip),
+        dict(type="RandomResize", scale=(size, size), ratio_range=tuple(ratio_range), keep_ratio=True),
+        dict(type="RandomCrop", crop_type="absolute_range", crop_size=(size, size),
+             recompute_bbox=True, allow_negative_crop=True),
+        dict(type="FilterAnnotations", min_gt_bbox_wh=(1e-2, 1e-2)),
+        dict(type="Pad", size=(size, size), pad_val=dict(img=(pad_val,) * 3)),
+        dict(type="PackDetInputs"),
+    ]
+
+
+def eval_pipeline(size: int, pad_val: int = 114):
+    return [
+        dict(type="LoadImageFromFile", backend_args=None),
+        dict(type="Resize", scale=(size, size), keep_ratio=True),
+        dict(type="Pad", size=(size, size), pad_val=dict(img=(pad_val,) * 3)),
+        dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
+        dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape",
+                                              "scale_factor")),
+    ]
+
+
+def build_coco_dataset(root: Path, split: str, pipeline, classes=None, min_size: int = 0):
+    """mmdet's CocoDataset on ``root`` (``split`` 'train' or 'val'), classes from the file."""
+    _mmdet_scope()
+    from mmdet.registry import DATASETS
+
+    root = Path(root)
+    ann = root / "annotations" / f"instances_{split}2017.json"
+    classes = classes or coco_classes(ann)
+    return DATASETS.build(dict(
+        type="CocoDataset", data_root=str(root), ann_file=f"annotations/instances_{split}2017.json",
+        data_prefix=dict(img=f"{split}2017/"), metainfo=dict(classes=tuple(classes)),
+        test_mode=split != "train",
+        filter_cfg=dict(filter_empty_gt=True, min_size=min_size) if split == "train" else None,
+        pipeline=pipeline, backend_args=None))
+
+
+# ---------------------------------------------------------------------------- model
+def build_detector_cfg(det: dict, encoder: dict, num_classes: int, pos_embed: bool = True) -> dict:
+    """MMDetection's Mask R-CNN config with the ViTDet backbone.
+
+    ``det`` is the preset's ``detector`` section, ``encoder`` the pretraining encoder
+    (arch, img_size = pretraining size, patch_size).
+    """
+    ch = det["neck_channels"]
+    patch = encoder["patch_size"]
+    scales = tuple(det.get("scale_factors", (4.0, 2.0, 1.0, 0.5)))
+    strides = [int(patch / s) for s in scales]
+    strides.append(strides[-1] * 2)  # the extra max-pooled level for the RPN
+    norm = dict(type="PartLN2d", requires_grad=True)
+    rpn_train, rcnn_train = det.get("rpn_train", {}), det.get("rcnn_train", {})
+    rpn_test, rcnn_test = det.get("rpn_test", {}), det.get("rcnn_test", {})
+    return dict(
+        type="MaskRCNN",
+        data_preprocessor=dict(type="DetDataPreprocessor", mean=[123.675, 116.28, 103.53],
+                               std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_mask=True,
+                               pad_size_divisor=patch),
+        backbone=dict(type="ViTDetBackbone", arch=encoder["arch"], img_size=det["img_size"],
+                      patch_size=patch, pretrain_img_size=encoder["img_size"],
+                      in_chans=encoder.get("in_chans", 3), window_size=det["window_size"],
+                      global_blocks=tuple(det["global_blocks"]), drop_path_rate=det["drop_path"],
+                      use_rel_pos=det.get("use_rel_pos", True), use_abs_pos=pos_embed),
+        neck=dict(type="SimpleFeaturePyramid", in_channels=_embed_dim(encoder), out_channels=ch,
+                  scale_factors=scales, num_outs=len(strides)),
+        rpn_head=dict(
+            type="RPNHead", in_channels=ch, feat_channels=ch, num_convs=2,
+            anchor_generator=dict(type="AnchorGenerator", scales=[det.get("anchor_scale", 8)],
+                                  ratios=[0.5, 1.0, 2.0], strides=strides),
+            bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=[1.0] * 4),
+            loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=True, loss_weight=1.0),
+            loss_bbox=dict(type="L1Loss", loss_weight=1.0)),
+        roi_head=dict(
+            type="StandardRoIHead",
+            bbox_roi_extractor=dict(type="SingleRoIExtractor",
+                                    roi_layer=dict(type="RoIAlign", output_size=7, sampling_ratio=0),
+                                    out_channels=ch, featmap_strides=strides[:-1]),
+            bbox_head=dict(type="ConvFCBBoxHead", num_shared_convs=det.get("bbox_convs", 4),
+                           num_shared_fcs=det.get("bbox_fcs", 1), in_channels=ch, conv_out_channels=ch,
+                           fc_out_channels=det["fc_channels"], roi_feat_size=7, num_classes=num_classes,
+                           norm_cfg=norm,
+                           bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4,
+                                           target_stds=[0.1, 0.1, 0.2, 0.2]),
+                           reg_class_agnostic=False,
+                           loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
+                           loss_bbox=dict(type="L1Loss", loss_weight=1.0)),
+            mask_roi_extractor=dict(type="SingleRoIExtractor",
+                                    roi_layer=dict(type="RoIAlign", output_size=14, sampling_ratio=0),
+                                    out_channels=ch, featmap_strides=strides[:-1]),
+            mask_head=dict(type="FCNMaskHead", num_convs=det.get("mask_convs", 4), in_channels=ch, conv_out_channels=ch,
+                           num_classes=num_classes, norm_cfg=norm,
+                           loss_mask=dict(type="CrossEntropyLoss", use_mask=True, loss_weight=1.0))),
+        train_cfg=dict(
+            rpn=dict(assigner=dict(type="MaxIoUAssigner", pos_iou_thr=0.7, neg_iou_thr=0.3,
+                                   min_pos_iou=0.3, match_low_quality=True, ignore_iof_thr=-1),
+                     sampler=dict(type="RandomSampler", num=rpn_train.get("num", 256), pos_fraction=0.5,
+                                  neg_pos_ub=-1, add_gt_as_proposals=False),
+                     allowed_border=-1, pos_weight=-1, debug=False),
+            rpn_proposal=dict(nms_pre=rpn_train.get("nms_pre", 2000),
+                              max_per_img=rpn_train.get("max_per_img", 1000),
+                              nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
+            rcnn=dict(assigner=dict(type="MaxIoUAssigner", pos_iou_thr=0.5, neg_iou_thr=0.5,
+                                    min_pos_iou=0.5, match_low_quality=True, ignore_iof_thr=-1),
+                      sampler=dict(type="RandomSampler", num=rcnn_train.get("num", 512),
+                                   pos_fraction=0.25, neg_pos_ub=-1, add_gt_as_proposals=True),
+                      mask_size=28, pos_weight=-1, debug=False)),
+        test_cfg=dict(
+            rpn=dict(nms_pre=rpn_test.get("nms_pre", 1000), max_per_img=rpn_test.get("max_per_img", 1000),
+                     nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
+            rcnn=dict(score_thr=rcnn_test.get("score_thr", 0.05), nms=dict(type="nms", iou_threshold=0.5),
+                      max_per_img=rcnn_test.get("max_per_img", 100), mask_thr_binary=0.5)),
+    )
+
+
+def _embed_dim(encoder: dict) -> int:
+    from methods.backbone import ENCODER_ARCHS
+
+    return encoder.get("embed_dim", ENCODER_ARCHS[encoder["arch"]]["embed_dim"])
+
+
+def build_detector(det: dict, encoder: dict, num_classes: int, pos_embed: bool = True):
+    """The detector with every weight initialised once, here: the Runner's later
+    ``init_weights()`` sees ``is_init`` and leaves loaded weights alone."""
+    _mmdet_scope()
+    from mmdet.registry import MODELS
+    from mmengine.config import ConfigDict
+
+    import logging
+
+    from mmengine.logging import MMLogger
+
+    model = MODELS.build(ConfigDict(build_detector_cfg(det, encoder, num_classes, pos_embed)))
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # mmengine logs one line per initialised tensor
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
+    return model
+
+
+# ---------------------------------------------------------------------------- metrics
+def summarise_metrics(raw: dict) -> dict:
+    """CocoMetric's ``coco/bbox_mAP`` (fraction) -> ``bbox_mAP`` (%). A metric that
+    CocoMetric could not compute because no image has any prediction is 0.0."""
+    out = {}
+    for kind in ("bbox", "segm"):
+        for key in METRIC_KEYS:
+            value = raw.get(f"coco/{kind}_{key}")
+            out[f"{kind}_{key}"] = 0.0 if value is None or value < 0 else 100.0 * float(value)
+    return out
+
+
+def build_metric(ann_file: Path, classes=None):
+    _mmdet_scope()
+    from mmdet.evaluation import CocoMetric
+
+    metric = CocoMetric(ann_file=str(ann_file), metric=["bbox", "segm"], format_only=False,
+                        backend_args=None)
+    metric.dataset_meta = dict(classes=tuple(classes or coco_classes(ann_file)))
+    return metric
+
+
+def evaluate_predictions(ann_file: Path, predictions: list[dict], classes=None) -> dict:
+    """Evaluate hand-made predictions (one dict per image: ``img_id``, ``ori_shape``,
+    ``pred_instances`` with ``bboxes`` (xyxy), ``scores``, ``labels``, ``masks``)
+    through mmdet's CocoMetric; returns :func:`summarise_metrics`' dict."""
+    metric = build_metric(ann_file, classes)
+    metric.process({}, predictions)
+    return summarise_metrics(metric.evaluate(size=len(predictions)))
+
+
+# ---------------------------------------------------------------------------- task
+class CocoTask(Task):
+    name = "coco"
+    metric_names = ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75")
+
+    def __init__(self, cfg, data_root, cache_root):
+        super().__init__(cfg, data_root, cache_root)
+        self._root: Path | None = None
+
+    @property
+    def root(self) -> Path:
+        if self._root is None:
+            if self.data_root is not None:
+                self._root = self.data_root
+            elif not self.cfg.get("embedded"):
+                raise ConfigError("this preset has no embedded data for coco: pass --data-root "
+                                  "(or set PART_BENCH_DATA) pointing at COCO 2017")
+            else:
+                self._root = ensure_embedded_coco(self.cache_root / "data", **self.cfg["embedded"])
+        return self._root
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return coco_classes(self.root / "annotations" / "instances_val2017.json")
+
+    def check_data(self) -> None:
+        check_coco_root(self.root)
+        if not self.classes:
+            raise DataError(f"{self.root}/annotations/instances_val2017.json lists no categories")
+        self._pretrain_source().check_data()
+
+    # pretraining: ImageNet-format images at the detector's patch size
+    def _pretrain_source(self):
+        from .classification import ClassificationTask
+
+        pre = dict(self.cfg["pretrain_data"])
+        cfg = dict(dataset="imagenet", encoder=self.encoder_cfg, pretrain=self.pretrain_cfg,
+                   finetune={}, embedded=pre.get("embedded"))
+        root = pre.get("data_root") if self.data_root is not None else None
+        if self.data_root is not None and not root:
+            raise ConfigError("the coco task pretrains on ImageNet: set "
+                              "tasks.coco.pretrain_data.data_root (e.g. --cfg-options "
+                              "tasks.coco.pretrain_data.data_root=/data/imagenet)")
+        return ClassificationTask(cfg, root, self.cache_root)
+
+    def pretrain_dataset(self):
+        return self._pretrain_source().pretrain_dataset()
+
+    def run(self, *, pretrained, work_dir, seed, method_name, finetune_pos_embed=True, log=print):
+        from engine.runner import build_runner
+
+        from .vitdet import load_encoder_into_backbone
+
+        det, ft = dict(self.cfg["detector"]), dict(self.cfg["finetune"])
+        _mmdet_scope()
+        classes = self.classes
+        size = det["img_size"]
+        train_set = build_coco_dataset(self.root, "train", train_pipeline(
+            size, ft.get("resize_ratio", (0.1, 2.0)), ft.get("pad_val", 114), ft.get("hflip", 0.5)),
+            classes, ft.get("min_size", 0))
+        val_set = build_coco_dataset(self.root, "val", eval_pipeline(size, ft.get("pad_val", 114)), classes)
+        model = build_detector(det, self.encoder_cfg, len(classes), pos_embed=finetune_pos_embed)
+        report = None
+        if pretrained is not None:
+            report = load_encoder_into_backbone(model.backbone, Path(pretrained) / "encoder.pth", log=log)
+        else:
+            log("[load] no pretraining: the backbone starts from its random initialisation")
+        metric = build_metric(self.root / "annotations" / "instances_val2017.json", classes)
+        runner = build_runner(
+            model, work_dir, train_set, seed=seed, epochs=ft["epochs"], batch_size=ft["batch_size"],
+            lr=ft["lr"], weight_decay=ft.get("weight_decay", 0.1), betas=ft.get("betas", (0.9, 0.999)),
+            warmup_epochs=ft.get("warmup_epochs", 0), layer_decay=ft.get("layer_decay", 0.7),
+            lr_steps=tuple(ft.get("lr_steps", (163889 / 184375, 177546 / 184375))),
+            optim_constructor="ViTDetLayerDecayConstructor", default_scope="mmdet",
+            num_workers=ft.get("num_workers", 2), log_interval=ft.get("log_interval", 20),
+            grad_clip=ft.get("grad_clip"), collate_fn="pseudo_collate",
+            test_dataset=val_set, test_evaluator=[metric], test_batch_size=ft.get("test_batch_size", 1),
+            experiment_name="coco")
+        runner.train()
+        out = summarise_metrics(runner.test())
+        if report is not None:
+            out["new_keys"] = report["missing"]
+            out["dropped_keys"] = report["dropped"]
+        return out

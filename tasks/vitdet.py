@@ -1,0 +1,412 @@
+"""ViTDet's backbone and simple feature pyramid, as modules of MMDetection's registry.
+
+MMDetection 3.x ships ViTDet only as a project outside its pip package, so the suite
+has its own, registered in ``mmdet.registry.MODELS``:
+
+- :class:`ViTDetBackbone`: a plain ViT whose parameter names are timm
+  ``VisionTransformer``'s (``patch_embed.proj``, ``blocks.<i>.{norm1,attn.qkv,
+  attn.proj,norm2,mlp.fc1,mlp.fc2}``, ``pos_embed``), so every method's
+  ``encoder.pth`` maps onto it by name (:func:`load_encoder_into_backbone`, which
+  logs every rule it applies). Blocks attend inside non-overlapping windows
+  (``window_size``) except the ``global_blocks``; attention adds ViTDet's
+  decomposed relative position terms (``attn.rel_pos_h``/``rel_pos_w``, new at
+  finetuning, initialised to zero); the absolute position embedding is kept at the
+  pretraining grid and interpolated (bicubic) to the input's grid; drop path.
+  Output: the last feature map, stride = patch size.
+- :class:`SimpleFeaturePyramid`: ViTDet's pyramid from that single map: deconv x4,
+  deconv x2, identity, max-pool -> 1x1 + 3x3 convs with LayerNorm2d to
+  ``out_channels``, plus a stride-2 max-pool of the coarsest level for the RPN.
+- :class:`ViTDetLayerDecayConstructor`: layer-wise lr decay for a detector:
+  patch embedding and position embedding are layer 0, block i is layer i + 1,
+  the pyramid and heads are the top layer (scale 1); no weight decay on norms,
+  biases, position embeddings and relative position tables.
+- ``PartLN2d``: LayerNorm over channels of an NCHW map, usable as ``norm_cfg`` of
+  mmdet's heads.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmdet.registry import MODELS
+from mmengine.model import BaseModule
+from mmengine.optim import DefaultOptimWrapperConstructor
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
+from timm.layers import DropPath, Mlp, trunc_normal_
+
+from engine.errors import ConfigError, DataError
+from methods.backbone import ENCODER_ARCHS
+
+__all__ = ["ViTDetBackbone", "SimpleFeaturePyramid", "LayerNorm2d", "ViTDetLayerDecayConstructor",
+           "load_encoder_into_backbone", "window_partition", "window_unpartition"]
+
+
+@MODELS.register_module(name="PartLN2d")
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channel axis of ``(B, C, H, W)``."""
+
+    _abbr_ = "ln"
+
+    def __init__(self, num_features: int, eps: float = 1e-6, **_ignored):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.eps = eps
+
+    def forward(self, x):
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        x = (x - mean) * torch.rsqrt(var + self.eps)
+        return x * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+# ----------------------------------------------------------------------- windows
+def window_partition(x: torch.Tensor, ws: int):
+    """``(B, H, W, C)`` -> ``(B * nWin, ws, ws, C)`` (zero-padded), and the padded size."""
+    b, h, w, c = x.shape
+    ph, pw = (ws - h % ws) % ws, (ws - w % ws) % ws
+    if ph or pw:
+        x = F.pad(x, (0, 0, 0, pw, 0, ph))
+    hp, wp = h + ph, w + pw
+    x = x.view(b, hp // ws, ws, wp // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, ws, ws, c), (hp, wp)
+
+
+def window_unpartition(windows: torch.Tensor, ws: int, padded: tuple[int, int],
+                       size: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`window_partition`, cropping the padding."""
+    hp, wp = padded
+    h, w = size
+    b = windows.shape[0] // ((hp // ws) * (wp // ws))
+    x = windows.view(b, hp // ws, wp // ws, ws, ws, -1).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, hp, wp, -1)[:, :h, :w].contiguous()
+
+
+# ----------------------------------------------------------------------- attention
+def relative_table(q_len: int, k_len: int, table: torch.Tensor) -> torch.Tensor:
+    """Embeddings of the offsets between ``q_len`` query and ``k_len`` key positions.
+
+    ``table`` holds one embedding per offset for some length L ((2L - 1, C)); it is
+    resampled linearly when the needed number of offsets differs (another window or
+    input size than at construction). Positions of the shorter axis are stretched so
+    that both span the same extent. Returns ``(q_len, k_len, C)``.
+    """
+    needed = 2 * max(q_len, k_len) - 1
+    if table.shape[0] != needed:
+        table = F.interpolate(table.t()[None], size=needed, mode="linear",
+                              align_corners=False)[0].t()
+    q_pos = torch.arange(q_len, device=table.device)[:, None] * max(k_len / q_len, 1.0)
+    k_pos = torch.arange(k_len, device=table.device)[None, :] * max(q_len / k_len, 1.0)
+    offset = (q_pos - k_pos) + (k_len - 1) * max(q_len / k_len, 1.0)
+    return table[offset.long()]
+
+
+class RelPosAttention(nn.Module):
+    """Multi-head self-attention on a ``(B, H, W, C)`` grid with decomposed relative
+    position terms: logit(q_i, k_j) += q_i . Rh[dy] + q_i . Rw[dx] (unscaled q)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True,
+                 use_rel_pos: bool = True, grid: tuple[int, int] = (14, 14)):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.use_rel_pos = use_rel_pos
+        if use_rel_pos:
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * grid[0] - 1, self.head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * grid[1] - 1, self.head_dim))
+
+    def forward(self, x):
+        b, h, w, c = x.shape
+        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (B, heads, N, hd)
+        bias = None
+        if self.use_rel_pos:
+            rh = relative_table(h, h, self.rel_pos_h)
+            rw = relative_table(w, w, self.rel_pos_w)
+            rq = q.reshape(b, self.num_heads, h, w, self.head_dim)
+            term_h = torch.einsum("bnhwc,hkc->bnhwk", rq, rh)
+            term_w = torch.einsum("bnhwc,wkc->bnhwk", rq, rw)
+            bias = (term_h[..., :, None] + term_w[..., None, :]).reshape(
+                b, self.num_heads, h * w, h * w).to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.proj(out.transpose(1, 2).reshape(b, h, w, c))
+
+
+class ViTDetBlock(nn.Module):
+    def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, drop_path=0.0,
+                 window_size=0, use_rel_pos=True, grid=(14, 14)):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = RelPosAttention(dim, num_heads, qkv_bias, use_rel_pos,
+                                    grid if window_size == 0 else (window_size, window_size))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.window_size = window_size
+
+    def forward(self, x):
+        shortcut = x
+        x = self.norm1(x)
+        if self.window_size > 0:
+            h, w = x.shape[1:3]
+            x, padded = window_partition(x, self.window_size)
+            x = window_unpartition(self.attn(x), self.window_size, padded, (h, w))
+        else:
+            x = self.attn(x)
+        x = shortcut + self.drop_path(x)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class _PatchEmbed(nn.Module):
+    def __init__(self, patch_size, in_chans, dim):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+
+
+@MODELS.register_module()
+class ViTDetBackbone(BaseModule):
+    """See the module docstring. ``arch`` names a size of :data:`ENCODER_ARCHS`
+    (any of embed_dim/depth/num_heads may be overridden)."""
+
+    def __init__(self, arch: str = "vit_base", img_size: int = 1024, patch_size: int = 16,
+                 pretrain_img_size: int = 224, in_chans: int = 3, window_size: int = 14,
+                 global_blocks=(2, 5, 8, 11), drop_path_rate: float = 0.1, use_rel_pos: bool = True,
+                 use_abs_pos: bool = True, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 init_cfg=None, **arch_overrides):
+        super().__init__(init_cfg=init_cfg)
+        if arch not in ENCODER_ARCHS:
+            raise ConfigError(f"unknown encoder arch {arch!r}; expected one of {sorted(ENCODER_ARCHS)}")
+        spec = {**ENCODER_ARCHS[arch], **arch_overrides}
+        dim, depth, heads = spec["embed_dim"], spec["depth"], spec["num_heads"]
+        bad = [i for i in global_blocks if not 0 <= i < depth]
+        if bad:
+            raise ConfigError(f"global_blocks {list(global_blocks)} out of range for depth {depth}")
+        self.embed_dim, self.depth, self.patch_size = dim, depth, patch_size
+        self.patch_embed = _PatchEmbed(patch_size, in_chans, dim)
+        self.pretrain_grid = pretrain_img_size // patch_size
+        self.pos_embed = (nn.Parameter(torch.zeros(1, self.pretrain_grid ** 2, dim))
+                          if use_abs_pos else None)
+        grid = img_size // patch_size
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.global_blocks = tuple(global_blocks)
+        self.blocks = nn.ModuleList(
+            ViTDetBlock(dim, heads, mlp_ratio, qkv_bias, dpr[i],
+                        0 if i in self.global_blocks else window_size, use_rel_pos, (grid, grid))
+            for i in range(depth))
+        self._build_time_init()
+
+    def _build_time_init(self):
+        if self.pos_embed is not None:
+            trunc_normal_(self.pos_embed, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        # relative position tables start at zero (parameters are created so)
+
+    def init_weights(self):
+        """Weights are set when the module is built (timm's scheme; zero relative
+        position tables) and may then be overwritten by a pretrained encoder; the
+        Runner's later ``init_weights`` call must not touch them."""
+        self._is_init = True
+
+    def abs_pos(self, h: int, w: int) -> torch.Tensor:
+        g = self.pretrain_grid
+        pe = self.pos_embed.reshape(1, g, g, -1)
+        if (h, w) != (g, g):
+            pe = F.interpolate(pe.permute(0, 3, 1, 2), size=(h, w), mode="bicubic",
+                               align_corners=False).permute(0, 2, 3, 1)
+        return pe
+
+    def forward(self, x):
+        x = self.patch_embed.proj(x).permute(0, 2, 3, 1)  # (B, H/P, W/P, C)
+        if self.pos_embed is not None:
+            x = x + self.abs_pos(x.shape[1], x.shape[2])
+        for blk in self.blocks:
+            x = blk(x)
+        return (x.permute(0, 3, 1, 2).contiguous(),)
+
+
+@MODELS.register_module()
+class SimpleFeaturePyramid(BaseModule):
+    """ViTDet's simple pyramid (see the module docstring). Output strides are
+    ``patch / scale`` for each scale factor, then one more level at twice the last
+    stride when ``num_outs`` exceeds the number of scale factors."""
+
+    def __init__(self, in_channels: int, out_channels: int = 256,
+                 scale_factors=(4.0, 2.0, 1.0, 0.5), num_outs: int = 5, init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        self.num_outs = num_outs
+        self.stages = nn.ModuleList()
+        for scale in scale_factors:
+            dim = in_channels
+            if scale == 4.0:
+                layers = [nn.ConvTranspose2d(dim, dim // 2, 2, 2), LayerNorm2d(dim // 2), nn.GELU(),
+                          nn.ConvTranspose2d(dim // 2, dim // 4, 2, 2)]
+                dim //= 4
+            elif scale == 2.0:
+                layers, dim = [nn.ConvTranspose2d(dim, dim // 2, 2, 2)], dim // 2
+            elif scale == 1.0:
+                layers = []
+            elif scale == 0.5:
+                layers = [nn.MaxPool2d(2, 2)]
+            else:
+                raise ConfigError(f"scale factor {scale} not supported (4, 2, 1, 0.5)")
+            layers += [nn.Conv2d(dim, out_channels, 1, bias=False), LayerNorm2d(out_channels),
+                       nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+                       LayerNorm2d(out_channels)]
+            self.stages.append(nn.Sequential(*layers))
+
+    def forward(self, inputs):
+        x = inputs[-1]
+        outs = [stage(x) for stage in self.stages]
+        while len(outs) < self.num_outs:
+            outs.append(F.max_pool2d(outs[-1], kernel_size=1, stride=2))
+        return tuple(outs)
+
+
+# ----------------------------------------------------------------------- layer decay
+def _layer_id(name: str, depth: int) -> int:
+    if name.startswith("backbone."):
+        rest = name[len("backbone."):]
+        if rest.startswith(("patch_embed", "pos_embed")):
+            return 0
+        m = re.match(r"blocks\.(\d+)\.", rest)
+        if m:
+            return int(m.group(1)) + 1
+    return depth + 1
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+class ViTDetLayerDecayConstructor(DefaultOptimWrapperConstructor):
+    """Layer-wise lr decay for a detector with a :class:`ViTDetBackbone` (see module
+    docstring): lr = base lr * decay ** (depth + 1 - layer)."""
+
+    def __call__(self, model):
+        from mmengine.registry import OPTIM_WRAPPERS, OPTIMIZERS
+
+        if hasattr(model, "module"):
+            model = model.module
+        optim_cfg = dict(self.optimizer_cfg)
+        decay = float(self.paramwise_cfg.get("layer_decay", 1.0))
+        wd, base_lr = optim_cfg.get("weight_decay", 0.0), optim_cfg["lr"]
+        depth = model.backbone.depth
+        groups: dict[tuple[int, bool], dict] = {}
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            no_decay = p.ndim == 1 or name.endswith(("pos_embed", "rel_pos_h", "rel_pos_w"))
+            layer = _layer_id(name, depth)
+            g = groups.setdefault((layer, no_decay), dict(
+                params=[], lr=base_lr * decay ** (depth + 1 - layer),
+                weight_decay=0.0 if no_decay else wd))
+            g["params"].append(p)
+        optim_cfg["params"] = list(groups.values())
+        optimizer = OPTIMIZERS.build(optim_cfg)
+        wrapper_cfg = dict(self.optim_wrapper_cfg)
+        wrapper_cfg.setdefault("type", "OptimWrapper")
+        return OPTIM_WRAPPERS.build(wrapper_cfg, default_args=dict(optimizer=optimizer))
+
+
+# ----------------------------------------------------------------------- checkpoint
+# encoder.pth entries with no counterpart in ViTDet (no [CLS] token, no final norm,
+# no classifier): dropped, and the log says so.
+DROPPED_PREFIXES = ("cls_token", "norm.", "fc_norm.", "head.", "reg_token")
+MAPPED_PREFIXES = ("patch_embed.proj.", "blocks.")
+
+
+def load_encoder_into_backbone(backbone: ViTDetBackbone, checkpoint: Path, log=print) -> dict:
+    """Load a method's ``encoder.pth`` (timm names) into ``backbone``, by explicit rules:
+
+    - ``patch_embed.proj.*`` and ``blocks.<i>.*`` -> the same name;
+    - ``pos_embed`` (1, [1 +] g*g, C) -> ``pos_embed``, the [CLS] entry dropped, the
+      grid resized (bicubic) when the pretraining grid differs from the backbone's;
+    - ``cls_token``, ``norm.*``, ``fc_norm.*``, ``head.*`` -> dropped (ViTDet has none);
+    - the backbone's relative position tables, and ``pos_embed`` when the checkpoint
+      has none (PART and MP3 pretrain without), keep their fresh initialisation.
+
+    Anything else (an unknown key, a shape that differs, a block the backbone lacks,
+    a required weight that is missing) means a foreign checkpoint: ConfigError.
+    Returns ``{"mapped", "dropped", "missing", "unexpected"}`` (sorted key lists).
+    """
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise DataError(f"encoder checkpoint not found: {checkpoint}")
+    try:
+        blob = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(f"cannot read encoder checkpoint {checkpoint}: "
+                        f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
+    if not isinstance(state, dict) or not state:
+        raise DataError(f"{checkpoint} holds no state dict")
+    own = backbone.state_dict()
+    mapped, dropped, notes = {}, [], []
+    for key, value in state.items():
+        if key.startswith(DROPPED_PREFIXES):
+            dropped.append(key)
+        elif key == "pos_embed":
+            if backbone.pos_embed is None:
+                dropped.append(key)
+                notes.append("pos_embed dropped (finetuning without absolute position embeddings)")
+                continue
+            value = _grid_pos_embed(value, checkpoint)
+            g = backbone.pretrain_grid
+            if value.shape[1] != g * g:
+                src = int(math.isqrt(value.shape[1]))
+                value = F.interpolate(value.reshape(1, src, src, -1).permute(0, 3, 1, 2), size=(g, g),
+                                      mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(1, g * g, -1)
+                notes.append(f"pos_embed resized {src}x{src} -> {g}x{g}")
+            mapped["pos_embed"] = value
+        elif key.startswith(MAPPED_PREFIXES) and key in own:
+            mapped[key] = value
+        else:
+            raise ConfigError(f"checkpoint {checkpoint} is not a ViT encoder this backbone can load: "
+                              f"key {key!r} has no counterpart (backbone depth {backbone.depth})")
+    bad = [k for k, v in mapped.items() if own[k].shape != v.shape]
+    if bad:
+        k = bad[0]
+        raise ConfigError(f"checkpoint {checkpoint} does not fit this backbone: {k} has shape "
+                          f"{tuple(mapped[k].shape)}, backbone expects {tuple(own[k].shape)} "
+                          f"({len(bad)} mismatched tensors)")
+    result = backbone.load_state_dict(mapped, strict=False)
+    missing, unexpected = sorted(result.missing_keys), sorted(result.unexpected_keys)
+    new_ok = [k for k in missing if k.endswith(("rel_pos_h", "rel_pos_w")) or k == "pos_embed"]
+    required = [k for k in missing if k not in new_ok]
+    if required or unexpected:
+        raise ConfigError(f"checkpoint {checkpoint} is not an encoder of this architecture: "
+                          f"missing {required[:5]}, unexpected {unexpected[:5]}")
+    rel = [k for k in missing if k != "pos_embed"]
+    log(f"[load] {checkpoint.name} -> ViTDet backbone: {len(mapped)} tensors mapped by name "
+        f"(patch_embed.proj.*, blocks.*{', pos_embed without its [CLS] entry' if 'pos_embed' in mapped else ''})"
+        f"; dropped (no counterpart in ViTDet): {', '.join(sorted(dropped)) or 'none'}")
+    if "pos_embed" in missing:
+        log(f"[load] the checkpoint has no pos_embed (its method pretrains without position "
+            f"embeddings): absolute position embeddings are freshly initialised (trunc. normal, std 0.02)")
+    if rel:
+        log(f"[load] freshly initialised (zero) relative position tables: {len(rel)} tensors "
+            f"({rel[0]} ... {rel[-1]})")
+    for note in notes:
+        log(f"[load] {note}")
+    return {"mapped": sorted(mapped), "dropped": sorted(dropped), "missing": missing,
+            "unexpected": unexpected}
+
+
+def _grid_pos_embed(value: torch.Tensor, checkpoint: Path) -> torch.Tensor:
+    """(1, [1 +] g*g, C) -> (1, g*g, C): drops a [CLS] entry if there is one."""
+    n = value.shape[1]
+    for prefix in (1, 0):
+        g = math.isqrt(n - prefix)
+        if g * g == n - prefix:
+            return value[:, prefix:]
+    raise ConfigError(f"pos_embed in {checkpoint} has {n} entries: not a square grid (+ [CLS])")

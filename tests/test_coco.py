@@ -1,0 +1,245 @@
+"""COCO detection task: data layout, ViTDet backbone, checkpoint mapping, evaluator,
+and one Runner-driven training run of the tiny Mask R-CNN on CPU."""
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine.config import load_preset
+from engine.errors import ConfigError, DataError
+from methods import build_method
+from tasks import TASKS, build_task
+from tasks.coco import (CocoTask, build_coco_dataset, build_detector, check_coco_root, coco_classes,
+                        evaluate_predictions, eval_pipeline, train_pipeline)
+from tasks.data.coco_synthetic import category_id, write_coco
+from tasks.vitdet import SimpleFeaturePyramid, ViTDetBackbone, load_encoder_into_backbone
+
+SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_preset("tiny")["tasks"]["coco"]
+
+
+@pytest.fixture(scope="module")
+def coco_root(tmp_path_factory):
+    return write_coco(tmp_path_factory.mktemp("coco"), num_train=8, num_val=6, size=SIZE,
+                      num_classes=10, seed=0)
+
+
+def test_registered():
+    from mmdet.registry import MODELS
+
+    assert "coco" in TASKS
+    assert MODELS.get("ViTDetBackbone") is ViTDetBackbone
+    assert MODELS.get("SimpleFeaturePyramid") is SimpleFeaturePyramid
+
+
+def test_generated_folder_is_read_by_cocodataset(coco_root):
+    ann = json.loads((coco_root / "annotations" / "instances_train2017.json").read_text())
+    ids = [c["id"] for c in ann["categories"]]
+    assert ids == [category_id(c) for c in range(10)] and ids != list(range(1, 11))
+    assert all(a["iscrowd"] == 0 and a["area"] > 0 and "counts" in a["segmentation"]
+               for a in ann["annotations"])
+    # deterministic
+    again = write_coco(coco_root.parent / "again", 8, 6, SIZE, 10, seed=0)
+    assert (again / "annotations" / "instances_val2017.json").read_bytes() == \
+        (coco_root / "annotations" / "instances_val2017.json").read_bytes()
+
+    classes = coco_classes(coco_root / "annotations" / "instances_train2017.json")
+    assert classes == tuple(c["name"] for c in ann["categories"])
+    ds = build_coco_dataset(coco_root, "train", train_pipeline(SIZE, (0.8, 1.2)))
+    assert ds.metainfo["classes"] == classes
+    assert list(ds.cat_ids) == ids
+    assert len(ds) == len({a["image_id"] for a in ann["annotations"]})
+    sample = ds[0]
+    inst = sample["data_samples"].gt_instances
+    assert sample["inputs"].shape == (3, SIZE, SIZE)
+    assert len(inst.bboxes) == len(inst.masks) == len(inst.labels) > 0
+    assert int(inst.labels.max()) < 10 and int(inst.labels.min()) >= 0
+
+
+def test_missing_root_and_wrong_layout(tmp_path, coco_root, tiny):
+    with pytest.raises(DataError, match="train2017/, val2017/"):
+        check_coco_root(tmp_path / "nowhere")
+    (tmp_path / "bad" / "train2017").mkdir(parents=True)
+    (tmp_path / "bad" / "val2017").mkdir()
+    with pytest.raises(DataError, match="instances_train2017.json"):
+        check_coco_root(tmp_path / "bad")
+    task = build_task("coco", load_preset("tiny")["tasks"], tmp_path / "nowhere", tmp_path)
+    with pytest.raises(DataError):
+        task.check_data()
+    check_coco_root(coco_root)  # the generated layout passes
+
+
+def _backbone(tiny, **kw):
+    enc, det = tiny["encoder"], tiny["detector"]
+    args = dict(arch=enc["arch"], img_size=det["img_size"], patch_size=enc["patch_size"],
+                pretrain_img_size=enc["img_size"], window_size=det["window_size"],
+                global_blocks=det["global_blocks"], drop_path_rate=0.0)
+    args.update(kw)
+    return ViTDetBackbone(**args)
+
+
+def test_pyramid_strides_on_non_square_input(tiny):
+    backbone = _backbone(tiny).eval()
+    p = tiny["encoder"]["patch_size"]
+    neck = SimpleFeaturePyramid(backbone.embed_dim, 32).eval()
+    x = torch.randn(2, 3, 5 * 16, 7 * 16)  # not a multiple of the window in tokens either
+    (feat,) = backbone(x)
+    assert feat.shape == (2, backbone.embed_dim, 80 // p, 112 // p)
+    outs = neck((feat,))
+    strides = [2, 4, 8, 16, 32]  # patch 8 / (4, 2, 1, 0.5), then the RPN's extra level
+    assert [o.shape[1] for o in outs] == [32] * 5
+    for o, s in zip(outs, strides):
+        assert o.shape[-2:] == (math.ceil(80 / s), math.ceil(112 / s)), (o.shape, s)
+
+
+def _save_encoder(tmp_path, method, enc):
+    sd = build_method(method, encoder=enc).encoder_state_dict()
+    path = tmp_path / f"{method}.pth"
+    torch.save(dict(state_dict=sd), path)
+    return path, sd
+
+
+@pytest.mark.parametrize("method", ["part", "mae"])
+def test_checkpoint_mapping_loads_every_transferable_weight(tmp_path, tiny, method):
+    path, sd = _save_encoder(tmp_path, method, tiny["encoder"])
+    backbone = _backbone(tiny)
+    lines = []
+    report = load_encoder_into_backbone(backbone, path, log=lines.append)
+    rel = sorted(f"blocks.{i}.attn.rel_pos_{a}" for i in range(backbone.depth) for a in "hw")
+    assert report["unexpected"] == []
+    assert report["dropped"] == ["cls_token", "norm.bias", "norm.weight"]
+    own = backbone.state_dict()
+    transferable = [k for k in sd if k.startswith(("patch_embed.", "blocks."))]
+    assert set(transferable) <= set(report["mapped"])
+    for k in transferable:
+        assert torch.equal(own[k], sd[k]), k
+    if method == "part":  # PART pretrains without position embeddings
+        assert report["missing"] == sorted(rel + ["pos_embed"])
+        assert any("no pos_embed" in line and "freshly initialised" in line for line in lines)
+    else:  # MAE's fixed sin-cos table, without its [CLS] entry
+        assert report["missing"] == rel
+        assert torch.equal(own["pos_embed"], sd["pos_embed"][:, 1:])
+    assert all(float(own[k].abs().max()) == 0.0 for k in rel)  # zero-initialised
+    assert any("dropped" in line for line in lines)
+
+
+def test_foreign_or_missing_checkpoint_is_a_clear_error(tmp_path, tiny):
+    backbone = _backbone(tiny)
+    with pytest.raises(DataError, match="not found"):
+        load_encoder_into_backbone(backbone, tmp_path / "none.pth", log=lambda *_: None)
+    torch.save(dict(state_dict={"layer1.0.conv1.weight": torch.zeros(3)}), tmp_path / "resnet.pth")
+    with pytest.raises(ConfigError, match="layer1.0.conv1.weight"):
+        load_encoder_into_backbone(backbone, tmp_path / "resnet.pth", log=lambda *_: None)
+    wide = dict(tiny["encoder"], arch="vit_tiny")  # another width/depth
+    path, _ = _save_encoder(tmp_path, "mae", wide)
+    with pytest.raises(ConfigError):
+        load_encoder_into_backbone(backbone, path, log=lambda *_: None)
+
+
+def test_runner_init_keeps_loaded_weights(tmp_path, tiny):
+    path, sd = _save_encoder(tmp_path, "mae", tiny["encoder"])
+    model = build_detector(tiny["detector"], tiny["encoder"], num_classes=10)
+    load_encoder_into_backbone(model.backbone, path, log=lambda *_: None)
+    model.init_weights()  # what the Runner does before training
+    assert torch.equal(model.backbone.blocks[0].attn.qkv.weight, sd["blocks.0.attn.qkv.weight"])
+
+
+def _ground_truth_predictions(root):
+    from pycocotools import mask as mask_utils
+
+    ann = json.loads((root / "annotations" / "instances_val2017.json").read_text())
+    label_of = {c["id"]: i for i, c in enumerate(ann["categories"])}
+    preds = []
+    for img in ann["images"]:
+        objs = [a for a in ann["annotations"] if a["image_id"] == img["id"]]
+        boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
+                               a["bbox"][1] + a["bbox"][3]] for a in objs], dtype=torch.float32).reshape(-1, 4)
+        masks = np.stack([mask_utils.decode(a["segmentation"]) for a in objs]).astype(bool) if objs \
+            else np.zeros((0, img["height"], img["width"]), bool)
+        preds.append(dict(img_id=img["id"], ori_shape=(img["height"], img["width"]),
+                          pred_instances=dict(bboxes=boxes, scores=torch.ones(len(objs)),
+                                              labels=torch.tensor([label_of[a["category_id"]] for a in objs]),
+                                              masks=torch.from_numpy(masks))))
+    return preds
+
+
+def test_evaluator_perfect_and_empty_predictions(coco_root):
+    ann_file = coco_root / "annotations" / "instances_val2017.json"
+    perfect = evaluate_predictions(ann_file, _ground_truth_predictions(coco_root))
+    assert perfect["bbox_mAP"] == pytest.approx(100.0)
+    assert perfect["bbox_mAP_50"] == pytest.approx(100.0)
+    assert perfect["bbox_mAP_75"] == pytest.approx(100.0)
+    assert perfect["segm_mAP"] == pytest.approx(100.0)
+    empty = []
+    for p in _ground_truth_predictions(coco_root):
+        p["pred_instances"] = dict(bboxes=torch.zeros(0, 4), scores=torch.zeros(0),
+                                   labels=torch.zeros(0, dtype=torch.long),
+                                   masks=torch.zeros(0, *p["ori_shape"], dtype=torch.bool))
+        empty.append(p)
+    none = evaluate_predictions(ann_file, empty)
+    assert none["bbox_mAP"] == 0.0 and none["bbox_mAP_50"] == 0.0 and none["segm_mAP"] == 0.0
+
+
+def test_one_training_iteration_on_cpu(coco_root, tiny):
+    from mmengine.dataset import pseudo_collate
+    from mmengine.optim import OptimWrapper
+
+    torch.manual_seed(0)
+    model = build_detector(tiny["detector"], tiny["encoder"], num_classes=10)
+    ds = build_coco_dataset(coco_root, "train", train_pipeline(SIZE, (0.8, 1.2)))
+    batch = pseudo_collate([ds[i] for i in range(2)])
+    before = model.backbone.blocks[0].attn.qkv.weight.detach().clone()
+    optim = OptimWrapper(torch.optim.AdamW(model.parameters(), lr=1e-4))
+    model.train()
+    log = model.train_step(batch, optim)
+    assert math.isfinite(float(log["loss"])) and float(log["loss"]) > 0
+    for key in ("loss_rpn_cls", "loss_cls", "loss_bbox", "loss_mask"):
+        assert key in log
+    assert not torch.equal(before, model.backbone.blocks[0].attn.qkv.weight)
+    model.eval()
+    val = build_coco_dataset(coco_root, "val", eval_pipeline(SIZE))
+    out = model.test_step(pseudo_collate([val[0]]))
+    assert out[0].pred_instances.bboxes.shape[1] == 4
+
+
+def test_task_run_through_the_runner(tmp_path, coco_root, tiny):
+    """The task's own path: Runner (mmdet scope, layer decay, step schedule), a
+    pretrained MAE encoder loaded by the mapping, CocoMetric at the end."""
+    cfg = copy.deepcopy(tiny)
+    cfg["finetune"].update(epochs=1, batch_size=4, num_workers=0, log_interval=1, test_batch_size=2)
+    task = CocoTask(cfg, coco_root, tmp_path)
+    folder = tmp_path / "pre"
+    folder.mkdir()
+    path, _ = _save_encoder(tmp_path, "mae", cfg["encoder"])
+    path.rename(folder / "encoder.pth")
+    metrics = task.run(pretrained=folder, work_dir=tmp_path / "work", seed=0, method_name="mae",
+                       log=lambda *_: None)
+    for key in ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "segm_mAP"):
+        assert 0.0 <= metrics[key] <= 100.0
+    assert metrics["new_keys"] == sorted(f"blocks.{i}.attn.rel_pos_{a}" for i in range(4) for a in "hw")
+
+
+def test_layer_decay_groups(tiny):
+    from tasks.vitdet import ViTDetLayerDecayConstructor
+
+    model = build_detector(tiny["detector"], tiny["encoder"], num_classes=10)
+    wrapper = ViTDetLayerDecayConstructor(dict(type="OptimWrapper", optimizer=dict(
+        type="AdamW", lr=1e-4, weight_decay=0.1)), dict(layer_decay=0.7))(model)
+    groups = wrapper.optimizer.param_groups
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    wd_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    depth = model.backbone.depth
+    assert lr_of[id(model.backbone.patch_embed.proj.weight)] == pytest.approx(1e-4 * 0.7 ** (depth + 1))
+    assert lr_of[id(model.backbone.blocks[depth - 1].mlp.fc1.weight)] == pytest.approx(1e-4 * 0.7)
+    assert lr_of[id(model.rpn_head.rpn_cls.weight)] == pytest.approx(1e-4)
+    assert wd_of[id(model.backbone.pos_embed)] == 0.0
+    assert wd_of[id(model.backbone.blocks[0].attn.rel_pos_h)] == 0.0
+    assert wd_of[id(model.backbone.blocks[0].attn.qkv.weight)] == 0.1
+    assert len(lr_of) == sum(1 for p in model.parameters() if p.requires_grad)
