@@ -224,12 +224,17 @@ def build_detector(det: dict, encoder: dict, num_classes: int, pos_embed: bool =
 # ---------------------------------------------------------------------------- metrics
 def summarise_metrics(raw: dict) -> dict:
     """CocoMetric's ``coco/bbox_mAP`` (fraction) -> ``bbox_mAP`` (%). A metric that
-    CocoMetric could not compute because no image has any prediction is 0.0."""
+    CocoMetric could not compute because no image has any prediction is 0.0; one that
+    pycocotools marks -1 (no ground truth in that size bucket) is undefined and left
+    out, not scored as 0."""
     out = {}
     for kind in ("bbox", "segm"):
         for key in METRIC_KEYS:
             value = raw.get(f"coco/{kind}_{key}")
-            out[f"{kind}_{key}"] = 0.0 if value is None or value < 0 else 100.0 * float(value)
+            if value is None:
+                out[f"{kind}_{key}"] = 0.0
+            elif value >= 0:
+                out[f"{kind}_{key}"] = 100.0 * float(value)
     return out
 
 
