@@ -41,6 +41,27 @@ class Task:
         self.cfg = cfg
         self.data_root = Path(data_root) if data_root else None
         self.cache_root = Path(cache_root)
+        self._root: Path | None = None
+
+    @property
+    def root(self) -> Path:
+        """``--data-root``, or else the preset's embedded data, written once into the cache."""
+        if self._root is None:
+            if self.data_root is not None:
+                self._root = self.data_root
+            elif not self.cfg.get("embedded"):
+                from engine.errors import ConfigError
+
+                raise ConfigError(f"this preset has no embedded data for {self.name}: pass "
+                                  f"--data-root (or set PART_BENCH_DATA)")
+            else:
+                self._root = self.write_embedded(self.cache_root / "data",
+                                                 **self.cfg["embedded"])
+        return self._root
+
+    def write_embedded(self, data_cache: Path, **embedded) -> Path:
+        """Generate the embedded data set into ``data_cache`` (first use only); its root."""
+        raise NotImplementedError  # abstract
 
     @property
     def encoder_cfg(self) -> dict:

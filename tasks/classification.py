@@ -101,25 +101,12 @@ class ClassificationTask(Task):
             raise ConfigError(f"classification dataset must be cifar100 or imagenet, "
                               f"got {self.dataset!r}")
         self.name = self.dataset
-        self._root: Path | None = None
 
     # ---------------------------------------------------------------- data
-    @property
-    def root(self) -> Path:
-        if self._root is None:
-            if self.data_root is not None:
-                self._root = self.data_root
-            elif not self.cfg.get("embedded"):
-                raise ConfigError(f"this preset has no embedded data for {self.dataset}: pass "
-                                  f"--data-root (or set PART_BENCH_DATA)")
-            else:
-                emb = dict(self.cfg["embedded"])
-                data_cache = self.cache_root / "data"
-                if self.dataset == "cifar100":
-                    self._root = ensure_embedded_cifar100(data_cache, **emb)
-                else:
-                    self._root = ensure_embedded_imagefolder(data_cache, **emb)
-        return self._root
+    def write_embedded(self, data_cache, **embedded):
+        if self.dataset == "cifar100":
+            return ensure_embedded_cifar100(data_cache, **embedded)
+        return ensure_embedded_imagefolder(data_cache, **embedded)
 
     def _split(self, train: bool, transform):
         if self.dataset == "cifar100":

@@ -262,21 +262,8 @@ class CocoTask(Task):
     name = "coco"
     metric_names = ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75")
 
-    def __init__(self, cfg, data_root, cache_root):
-        super().__init__(cfg, data_root, cache_root)
-        self._root: Path | None = None
-
-    @property
-    def root(self) -> Path:
-        if self._root is None:
-            if self.data_root is not None:
-                self._root = self.data_root
-            elif not self.cfg.get("embedded"):
-                raise ConfigError("this preset has no embedded data for coco: pass --data-root "
-                                  "(or set PART_BENCH_DATA) pointing at COCO 2017")
-            else:
-                self._root = ensure_embedded_coco(self.cache_root / "data", **self.cfg["embedded"])
-        return self._root
+    def write_embedded(self, data_cache, **embedded):
+        return ensure_embedded_coco(data_cache, **embedded)
 
     @property
     def classes(self) -> tuple[str, ...]:
