@@ -132,6 +132,11 @@ def build_detector_cfg(det: dict, encoder: dict, num_classes: int, pos_embed: bo
     norm = dict(type="PartLN2d", requires_grad=True)
     rpn_train, rcnn_train = det.get("rpn_train", {}), det.get("rcnn_train", {})
     rpn_test, rcnn_test = det.get("rpn_test", {}), det.get("rcnn_test", {})
+    # mmdet sends an RoI of side s to level floor(log2(s / finest_scale)); its 56 assumes
+    # the finest level has stride 4 (FPN, ViTDet at 1024 px). Scale it with our finest
+    # stride so an RoI meets the same feature resolution whatever the patch size.
+    finest_scale = 56 * strides[0] / 4
+    sampling = det.get("roi_sampling_ratio", 0)  # 0: adaptive, as ViTDet
     return dict(
         type="MaskRCNN",
         data_preprocessor=dict(type="DetDataPreprocessor", mean=[123.675, 116.28, 103.53],
@@ -154,8 +159,9 @@ def build_detector_cfg(det: dict, encoder: dict, num_classes: int, pos_embed: bo
         roi_head=dict(
             type="StandardRoIHead",
             bbox_roi_extractor=dict(type="SingleRoIExtractor",
-                                    roi_layer=dict(type="RoIAlign", output_size=7, sampling_ratio=0),
-                                    out_channels=ch, featmap_strides=strides[:-1]),
+                                    roi_layer=dict(type="RoIAlign", output_size=7, sampling_ratio=sampling),
+                                    out_channels=ch, featmap_strides=strides[:-1],
+                                    finest_scale=finest_scale),
             bbox_head=dict(type="ConvFCBBoxHead", num_shared_convs=det.get("bbox_convs", 4),
                            num_shared_fcs=det.get("bbox_fcs", 1), in_channels=ch, conv_out_channels=ch,
                            fc_out_channels=det["fc_channels"], roi_feat_size=7, num_classes=num_classes,
@@ -166,8 +172,9 @@ def build_detector_cfg(det: dict, encoder: dict, num_classes: int, pos_embed: bo
                            loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
                            loss_bbox=dict(type="L1Loss", loss_weight=1.0)),
             mask_roi_extractor=dict(type="SingleRoIExtractor",
-                                    roi_layer=dict(type="RoIAlign", output_size=14, sampling_ratio=0),
-                                    out_channels=ch, featmap_strides=strides[:-1]),
+                                    roi_layer=dict(type="RoIAlign", output_size=14, sampling_ratio=sampling),
+                                    out_channels=ch, featmap_strides=strides[:-1],
+                                    finest_scale=finest_scale),
             mask_head=dict(type="FCNMaskHead", num_convs=det.get("mask_convs", 4), in_channels=ch, conv_out_channels=ch,
                            num_classes=num_classes, norm_cfg=norm,
                            loss_mask=dict(type="CrossEntropyLoss", use_mask=True, loss_weight=1.0))),
@@ -234,7 +241,7 @@ def summarise_metrics(raw: dict) -> dict:
             if value is None:
                 out[f"{kind}_{key}"] = 0.0
             elif value >= 0:
-                out[f"{kind}_{key}"] = 100.0 * float(value)
+                out[f"{kind}_{key}"] = round(100.0 * float(value), 2)
     return out
 
 
