@@ -1,12 +1,16 @@
 """Step-time and extraction benchmarks, printed as ratios measured in one run.
 
     python -m benchmarks.speed [--quick] [--device cpu|cuda] [--repeats 5]
+    python -m benchmarks.speed --detector [--preset tiny]
 
 1. Training step (forward + backward) of each method against a plain timm ViT
    (grid patches, position embeddings, linear head, cross-entropy) on the same batch:
    ViT-S/16 at 224 with batch 8 and 2048 pairs; ViT-B/16 with batch 2 and 4802 pairs.
 2. Patch extraction: one batched call against a Python loop over patches that cuts
    the same boxes one at a time.
+3. ``--detector``: seconds per training iteration (data preprocessing, forward,
+   backward, AdamW step) of the preset's ViTDet Mask R-CNN at its batch size, on
+   batches of the embedded COCO-layout scenes through the training pipeline.
 
 Times are medians over ``--repeats`` after a warm-up; ``--quick`` uses the tiny
 preset's model size instead (seconds, for a smoke test).
@@ -88,6 +92,39 @@ def bench_extraction(batch: int, img: int, patch: int, num: int, repeats: int, d
     return t_batched, t_loop
 
 
+def bench_detector(preset: str, repeats: int, device: str, cache=None) -> tuple[float, int, dict]:
+    """Median seconds per training iteration of the preset's COCO detector."""
+    from mmengine.dataset import pseudo_collate
+
+    from benchmarks.run import default_cache
+    from engine.config import load_preset
+    from tasks import build_task
+    from tasks.coco import build_coco_dataset, build_detector, train_pipeline
+
+    task = build_task("coco", load_preset(preset)["tasks"], None, cache or default_cache())
+    det, ft = task.cfg["detector"], task.cfg["finetune"]
+    data = build_coco_dataset(task.root, "train", train_pipeline(
+        det["img_size"], ft.get("resize_ratio", (0.1, 2.0)), ft.get("pad_val", 114),
+        ft.get("hflip", 0.5)), task.classes, ft.get("min_size", 0))
+    bs = ft["batch_size"]
+    batches = [pseudo_collate([data[b * bs + i] for i in range(bs)]) for b in range(3)]
+    model = build_detector(det, task.encoder_cfg, len(task.classes)).to(device).train()
+    optim = torch.optim.AdamW(model.parameters(), lr=ft["lr"], weight_decay=ft["weight_decay"])
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    state = dict(i=0)
+
+    def step():
+        batch = model.data_preprocessor(batches[state["i"] % len(batches)], True)
+        state["i"] += 1
+        losses = model.loss(batch["inputs"], batch["data_samples"])
+        loss, _ = model.parse_losses(losses)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+
+    return _median_time(step, repeats, sync), bs, det
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.speed")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -95,7 +132,16 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test")
     p.add_argument("--methods", nargs="+", default=None,
                    help="methods to time (default: every registered method that pretrains)")
+    p.add_argument("--detector", action="store_true",
+                   help="only time the preset's COCO detector training iteration")
+    p.add_argument("--preset", default="tiny", help="preset whose detector --detector times")
     args = p.parse_args(argv)
+    if args.detector:
+        print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+        t, bs, det = bench_detector(args.preset, args.repeats, args.device)
+        print(f"\n{args.preset} preset Mask R-CNN ({det['img_size']} px, batch {bs}): "
+              f"{t:.3f} s per training iteration (median of {args.repeats})")
+        return 0
     from methods import METHODS
 
     methods = args.methods or [n for n, (cls, _) in METHODS.items() if cls.pretrains]
