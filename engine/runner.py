@@ -142,6 +142,30 @@ class TrainingProgressHook(Hook):
             method.set_progress(runner.iter / max(1, runner.max_iters))
 
 
+def lr_schedule(num_images: int, *, epochs: int, batch_size: int, world_size: int = 1,
+                warmup_epochs: float = 0, min_lr: float = 0.0, lr_steps: tuple | None = None,
+                lr_step_gamma: float = 0.1) -> list[dict]:
+    """mmengine param schedulers, per iteration, for ``epochs`` over ``num_images`` at
+    ``batch_size`` per process on ``world_size`` processes: linear warmup from 1e-3 of
+    the lr over ``warmup_epochs`` (may be fractional), then cosine decay to ``min_lr``,
+    or, with ``lr_steps``, drops by ``lr_step_gamma`` at those fractions of training."""
+    iters_per_epoch = max(1, math.ceil(num_images / (batch_size * world_size)))
+    warmup_iters = int(round(warmup_epochs * iters_per_epoch))
+    total_iters = epochs * iters_per_epoch
+    schedulers = []
+    if warmup_iters > 0:
+        schedulers.append(dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0,
+                               end=warmup_iters))
+    if lr_steps:
+        schedulers.append(dict(type="MultiStepLR", by_epoch=False, begin=0, end=total_iters,
+                               milestones=[int(round(f * total_iters)) for f in lr_steps],
+                               gamma=lr_step_gamma))
+    else:
+        schedulers.append(dict(type="CosineAnnealingLR", by_epoch=False, begin=warmup_iters,
+                               end=max(total_iters, warmup_iters + 1), eta_min=min_lr))
+    return schedulers
+
+
 def build_runner(model, work_dir: str | Path, train_dataset, *, epochs: int, batch_size: int,
                  lr: float, weight_decay: float = 0.05, betas=(0.9, 0.999),
                  warmup_epochs: float = 0, min_lr: float = 0.0, layer_decay: float | None = None,
@@ -162,9 +186,9 @@ def build_runner(model, work_dir: str | Path, train_dataset, *, epochs: int, bat
     """
     work_dir = Path(work_dir)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    iters_per_epoch = max(1, math.ceil(len(train_dataset) / (batch_size * world)))
-    warmup_iters = int(round(warmup_epochs * iters_per_epoch))
-    total_iters = epochs * iters_per_epoch
+    schedulers = lr_schedule(len(train_dataset), epochs=epochs, batch_size=batch_size,
+                             world_size=world, warmup_epochs=warmup_epochs, min_lr=min_lr,
+                             lr_steps=lr_steps, lr_step_gamma=lr_step_gamma)
 
     optimizer = dict(type="AdamW", lr=lr, weight_decay=weight_decay, betas=tuple(betas))
     optim_wrapper = dict(type="AmpOptimWrapper" if use_cuda() else "OptimWrapper",
@@ -174,18 +198,6 @@ def build_runner(model, work_dir: str | Path, train_dataset, *, epochs: int, bat
     if layer_decay is not None:
         optim_wrapper["constructor"] = optim_constructor
         optim_wrapper["paramwise_cfg"] = dict(layer_decay=layer_decay)
-
-    schedulers = []
-    if warmup_iters > 0:
-        schedulers.append(dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0,
-                               end=warmup_iters))
-    if lr_steps:
-        schedulers.append(dict(type="MultiStepLR", by_epoch=False, begin=0, end=total_iters,
-                               milestones=[int(round(f * total_iters)) for f in lr_steps],
-                               gamma=lr_step_gamma))
-    else:
-        schedulers.append(dict(type="CosineAnnealingLR", by_epoch=False, begin=warmup_iters,
-                               end=max(total_iters, warmup_iters + 1), eta_min=min_lr))
 
     # Workers end with each epoch: persistent ones outlive the Runner (mmengine keeps
     # global references to it), and a table run would pile them up cell after cell.

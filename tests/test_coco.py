@@ -278,3 +278,21 @@ def test_table2_cells_come_from_recorded_runs(tmp_path):
             assert df.loc[label, f"{col} (paper)"] == pytest.approx(paper.loc[label, metric])
     md = (tmp_path / "table2.md").read_text()
     assert "| PART |" in md and "42.4" in md
+
+
+def test_paper_schedule_is_vitdets_scaled_to_12_epochs():
+    """The paper preset's 1x on 8 GPUs x 8 images, COCO train2017 with empty images
+    filtered (117,266): hand-computed iterations, warmup and lr drops."""
+    from engine.runner import lr_schedule
+
+    ft = load_preset("paper")["tasks"]["coco"]["finetune"]
+    sched = lr_schedule(117266, epochs=ft["epochs"], batch_size=ft["batch_size"], world_size=8,
+                        warmup_epochs=ft["warmup_epochs"], lr_steps=ft["lr_steps"])
+    # ceil(117266 / 64) = 1833 iterations per epoch, 12 epochs = 21996 (ViTDet's 100 epochs
+    # are 184375 at batch 64); warmup 250 of 184375 -> 21996 * 250 / 184375 = 29.8 -> 30;
+    # drops at 163889 / 184375 and 177546 / 184375 of 21996 = 19552.0 and 21181.3.
+    assert sched == [
+        dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=30),
+        dict(type="MultiStepLR", by_epoch=False, begin=0, end=21996, milestones=[19552, 21181],
+             gamma=0.1)]
+    assert (ft["lr"], ft["weight_decay"], ft["layer_decay"], ft["resize_ratio"]) == (1e-4, 0.1, 0.7, (0.1, 2.0))
