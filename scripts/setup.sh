@@ -30,10 +30,12 @@ step "installing part-bench and its pinned dependencies"
 $PIP install -q -e .
 
 # mmcv: one wheel per (torch, cuda) pair
-# CUDA ops only where a CUDA toolkit AND a GPU exist (a toolkit alone, as on CPU CI
-# machines, would only make the build slower).
+# CUDA ops where a CUDA toolkit AND a GPU exist (a toolkit alone, as on CPU CI
+# machines, would only make the build slower). PART_BENCH_MMCV_CUDA=1 builds them from
+# the toolkit alone (a cluster's login node without a GPU); PART_BENCH_CPU_ONLY=1 never.
 if command -v nvcc >/dev/null 2>&1 && [ "${PART_BENCH_CPU_ONLY:-0}" != 1 ] \
-    && "$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    && { [ "${PART_BENCH_MMCV_CUDA:-0}" = 1 ] || "$VENV/bin/python" -c \
+         "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; }; then
     FLAVOUR="cuda$(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')"
     export FORCE_CUDA=1
 else
