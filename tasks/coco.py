@@ -109,12 +109,17 @@ def build_coco_dataset(root: Path, split: str, pipeline, classes=None, min_size:
     root = Path(root)
     ann = root / "annotations" / f"instances_{split}2017.json"
     classes = classes or coco_classes(ann)
-    return DATASETS.build(dict(
-        type="CocoDataset", data_root=str(root), ann_file=f"annotations/instances_{split}2017.json",
-        data_prefix=dict(img=f"{split}2017/"), metainfo=dict(classes=tuple(classes)),
-        test_mode=split != "train",
-        filter_cfg=dict(filter_empty_gt=True, min_size=min_size) if split == "train" else None,
-        pipeline=pipeline, backend_args=None))
+    try:
+        return DATASETS.build(dict(
+            type="CocoDataset", data_root=str(root),
+            ann_file=f"annotations/instances_{split}2017.json",
+            data_prefix=dict(img=f"{split}2017/"), metainfo=dict(classes=tuple(classes)),
+            test_mode=split != "train",
+            filter_cfg=dict(filter_empty_gt=True, min_size=min_size) if split == "train" else None,
+            pipeline=pipeline, backend_args=None))
+    except (OSError, ValueError, KeyError, TypeError, AssertionError) as exc:
+        raise DataError(f"cannot load COCO {split} annotations {ann}: {type(exc).__name__}: {exc}; "
+                        f"expected COCO 2017's instances format") from None
 
 
 # ---------------------------------------------------------------------------- model
@@ -277,9 +282,17 @@ class CocoTask(Task):
         return coco_classes(self.root / "annotations" / "instances_val2017.json")
 
     def check_data(self) -> None:
+        """Before any pretraining: the layout, and both annotation files readable with
+        the same categories (labels are indices into that list, so a mismatch would
+        silently mislabel every box)."""
         check_coco_root(self.root)
-        if not self.classes:
-            raise DataError(f"{self.root}/annotations/instances_val2017.json lists no categories")
+        ann = self.root / "annotations"
+        train, val = coco_classes(ann / "instances_train2017.json"), self.classes
+        if not val:
+            raise DataError(f"{ann / 'instances_val2017.json'} lists no categories")
+        if train != val:
+            raise DataError(f"{ann}: instances_train2017.json and instances_val2017.json list "
+                            f"different categories ({len(train)} vs {len(val)}); expected the same list")
         self._pretrain_source().check_data()
 
     # pretraining: ImageNet-format images at the detector's patch size

@@ -296,3 +296,23 @@ def test_paper_schedule_is_vitdets_scaled_to_12_epochs():
         dict(type="MultiStepLR", by_epoch=False, begin=0, end=21996, milestones=[19552, 21181],
              gamma=0.1)]
     assert (ft["lr"], ft["weight_decay"], ft["layer_decay"], ft["resize_ratio"]) == (1e-4, 0.1, 0.7, (0.1, 2.0))
+
+
+def test_corrupt_or_mismatched_annotations_fail_before_pretraining(tmp_path, coco_root, tiny):
+    import shutil
+
+    root = tmp_path / "coco"
+    shutil.copytree(coco_root, root)
+    ann = root / "annotations" / "instances_train2017.json"
+    good = ann.read_text()
+    task = CocoTask(copy.deepcopy(tiny), root, tmp_path / "cache")
+    ann.write_text(good[:300])  # truncated download
+    with pytest.raises(DataError, match="instances_train2017.json: JSONDecodeError"):
+        task.check_data()
+    with pytest.raises(DataError, match="cannot load COCO train annotations"):
+        build_coco_dataset(root, "train", train_pipeline(SIZE), task.classes)
+    data = json.loads(good)
+    data["categories"] = data["categories"][:-1]
+    ann.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="different categories"):
+        task.check_data()
