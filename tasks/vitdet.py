@@ -36,10 +36,13 @@ from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, Mlp, resample_abs_pos_embed, trunc_normal_
+from timm.models.vision_transformer import init_weights_vit_timm
 
-from engine.errors import ConfigError, DataError
+from engine.errors import ConfigError
 from methods.backbone import ENCODER_ARCHS
+
+from .checkpoint import check_shapes, read_encoder_state
 
 __all__ = ["ViTDetBackbone", "SimpleFeaturePyramid", "LayerNorm2d", "ViTDetLayerDecayConstructor",
            "load_encoder_into_backbone", "window_partition", "window_unpartition"]
@@ -204,14 +207,9 @@ class ViTDetBackbone(BaseModule):
     def _build_time_init(self):
         if self.pos_embed is not None:
             trunc_normal_(self.pos_embed, std=0.02)
-        for m in self.modules():
+        for m in self.modules():  # timm's ViT scheme; LayerNorms are built at (1, 0)
             if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+                init_weights_vit_timm(m)
         # relative position tables start at zero (parameters are created so)
 
     def init_weights(self):
@@ -222,11 +220,9 @@ class ViTDetBackbone(BaseModule):
 
     def abs_pos(self, h: int, w: int) -> torch.Tensor:
         g = self.pretrain_grid
-        pe = self.pos_embed.reshape(1, g, g, -1)
-        if (h, w) != (g, g):
-            pe = F.interpolate(pe.permute(0, 3, 1, 2), size=(h, w), mode="bicubic",
-                               align_corners=False).permute(0, 2, 3, 1)
-        return pe
+        pe = resample_abs_pos_embed(self.pos_embed, [h, w], [g, g], num_prefix_tokens=0,
+                                    antialias=False)
+        return pe.reshape(1, h, w, -1)
 
     def forward(self, x):
         x = self.patch_embed.proj(x).permute(0, 2, 3, 1)  # (B, H/P, W/P, C)
@@ -340,16 +336,7 @@ def load_encoder_into_backbone(backbone: ViTDetBackbone, checkpoint: Path, log=p
     Returns ``{"mapped", "dropped", "missing", "unexpected"}`` (sorted key lists).
     """
     checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise DataError(f"encoder checkpoint not found: {checkpoint}")
-    try:
-        blob = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DataError(f"cannot read encoder checkpoint {checkpoint}: "
-                        f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
-    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
-    if not isinstance(state, dict) or not state:
-        raise DataError(f"{checkpoint} holds no state dict")
+    state = read_encoder_state(checkpoint)
     own = backbone.state_dict()
     mapped, dropped, notes = {}, [], []
     for key, value in state.items():
@@ -363,9 +350,8 @@ def load_encoder_into_backbone(backbone: ViTDetBackbone, checkpoint: Path, log=p
             value = _grid_pos_embed(value, checkpoint)
             g = backbone.pretrain_grid
             if value.shape[1] != g * g:
-                src = int(math.isqrt(value.shape[1]))
-                value = F.interpolate(value.reshape(1, src, src, -1).permute(0, 3, 1, 2), size=(g, g),
-                                      mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(1, g * g, -1)
+                src = math.isqrt(value.shape[1])
+                value = resample_abs_pos_embed(value, [g, g], num_prefix_tokens=0, antialias=False)
                 notes.append(f"pos_embed resized {src}x{src} -> {g}x{g}")
             mapped["pos_embed"] = value
         elif key.startswith(MAPPED_PREFIXES) and key in own:
@@ -373,12 +359,7 @@ def load_encoder_into_backbone(backbone: ViTDetBackbone, checkpoint: Path, log=p
         else:
             raise ConfigError(f"checkpoint {checkpoint} is not a ViT encoder this backbone can load: "
                               f"key {key!r} has no counterpart (backbone depth {backbone.depth})")
-    bad = [k for k, v in mapped.items() if own[k].shape != v.shape]
-    if bad:
-        k = bad[0]
-        raise ConfigError(f"checkpoint {checkpoint} does not fit this backbone: {k} has shape "
-                          f"{tuple(mapped[k].shape)}, backbone expects {tuple(own[k].shape)} "
-                          f"({len(bad)} mismatched tensors)")
+    check_shapes(own, mapped, checkpoint, "backbone")
     result = backbone.load_state_dict(mapped, strict=False)
     missing, unexpected = sorted(result.missing_keys), sorted(result.unexpected_keys)
     new_ok = [k for k in missing if k.endswith(("rel_pos_h", "rel_pos_w")) or k == "pos_embed"]

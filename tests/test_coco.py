@@ -316,3 +316,13 @@ def test_corrupt_or_mismatched_annotations_fail_before_pretraining(tmp_path, coc
     ann.write_text(json.dumps(data))
     with pytest.raises(DataError, match="different categories"):
         task.check_data()
+
+
+def test_abs_pos_embed_is_the_pretraining_grid_resized_bicubically(tiny):
+    backbone = _backbone(tiny)
+    g = backbone.pretrain_grid
+    table = backbone.pos_embed.detach().reshape(1, g, g, -1)
+    assert torch.equal(backbone.abs_pos(g, g), table)
+    naive = torch.nn.functional.interpolate(table.permute(0, 3, 1, 2), size=(5, 11), mode="bicubic",
+                                            align_corners=False).permute(0, 2, 3, 1)
+    assert torch.allclose(backbone.abs_pos(5, 11).detach(), naive, atol=1e-6)
