@@ -1,8 +1,11 @@
-# part-bench: the commands a user runs. PRESET=tiny (default) or paper; SEEDS=N.
+# part-bench: the commands a user runs. PRESET=tiny (default) or paper; SEEDS=N;
+# DRY_RUN=1 prints every cell's resolved plan instead of running it.
 PY      ?= .venv/bin/python
 PRESET  ?= tiny
 SEEDS   ?= 1
 ARGS    ?=
+DRY_RUN ?=
+TABLE_ARGS = --preset $(PRESET) --seeds $(SEEDS) $(if $(filter 1,$(DRY_RUN)),--dry-run) $(ARGS)
 
 .PHONY: setup doctor test table1 table2 table4 table5 table6 table7 fig8 figures speed
 
@@ -16,10 +19,10 @@ test:                      ## the whole test suite (CPU, < 10 minutes)
 	$(PY) -m pytest tests
 
 table5:                    ## Table 5: relative encoders (cross-attention, MLP, pairwise MLP)
-	$(PY) -m benchmarks.tables table5 --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+	$(PY) -m benchmarks.tables table5 $(TABLE_ARGS)
 
 fig8:                      ## Figure 8: accuracy vs #pairs (CSV, Markdown, PNG)
-	$(PY) -m benchmarks.tables fig8 --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+	$(PY) -m benchmarks.tables fig8 $(TABLE_ARGS)
 
 figures:                   ## Figures 4-6: reconstruction, uncertainty, symmetry (PNG)
 	$(PY) -m benchmarks.figures --preset $(PRESET) $(ARGS)
@@ -28,16 +31,16 @@ speed:                     ## step-time and extraction benchmarks (printed ratio
 	$(PY) -m benchmarks.speed $(ARGS)
 
 table1:                    ## Table 1: PART vs PART + aspect ratio + scale (COCO, IN-1K)
-	$(PY) -m benchmarks.tables table1 --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+	$(PY) -m benchmarks.tables table1 $(TABLE_ARGS)
 
 table2:                    ## Table 2: COCO detection, MAE / MP3 / DropPos / PART
-	$(PY) -m benchmarks.tables table2 --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+	$(PY) -m benchmarks.tables table2 $(TABLE_ARGS)
 
 table4:                    ## Table 4: PART-grid vs PART (COCO, CIFAR-100, IN-1K columns)
-	$(PY) -m benchmarks.tables table4 --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+	$(PY) -m benchmarks.tables table4 $(TABLE_ARGS)
 
 table6:                    ## Table 6: ImageNet-1k rows we implement
-	$(PY) -m benchmarks.tables table6 --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+	$(PY) -m benchmarks.tables table6 $(TABLE_ARGS)
 
 table7:                    ## Table 7: CIFAR-100 rows we implement
-	$(PY) -m benchmarks.tables table7 --preset $(PRESET) --seeds $(SEEDS) $(ARGS)
+	$(PY) -m benchmarks.tables table7 $(TABLE_ARGS)

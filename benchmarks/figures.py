@@ -155,15 +155,16 @@ def main(argv=None) -> int:
 
     from benchmarks.run import pretrained_method
     from engine.errors import PartBenchError
-    from tasks.pretext import PretextTask
 
     try:
         for name in args.method:
-            method, task = pretrained_method(name, args.task, preset=args.preset, seed=args.seed,
-                                             data_root=args.data_root, cache=args.cache)
+            # the held-out images of the pretext task on args.task's data
+            method, task = pretrained_method(name, "pretext", preset=args.preset, seed=args.seed,
+                                             data_root=args.data_root, cache=args.cache,
+                                             cfg_options={"tasks.pretext.source": args.task})
             if not hasattr(method, "pair_matrices"):
                 raise PartBenchError(f"figures 4-6 need a PART variant, got {name!r}")
-            held = PretextTask({}, None, task.cache_root, task).heldout_images()
+            held = task.heldout_images()
             images = torch.stack([held[i][0] for i in range(args.images)])
             out = Path(args.out) if args.out else REPO / "results" / args.preset / "figures"
             summary = make_figures(method, images, out, name, args.seed)

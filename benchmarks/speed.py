@@ -96,20 +96,21 @@ def bench_detector(preset: str, repeats: int, device: str, cache=None) -> tuple[
     """Median seconds per training iteration of the preset's COCO detector."""
     from mmengine.dataset import pseudo_collate
 
-    from benchmarks.run import default_cache
-    from engine.config import load_preset
+    from dataclasses import asdict
+
+    from benchmarks.run import default_cache, make_plan
     from tasks import build_task
     from tasks.coco import build_coco_dataset, build_detector, train_pipeline
 
-    task = build_task("coco", load_preset(preset)["tasks"], None, cache or default_cache())
-    det, ft = task.cfg["detector"], task.cfg["finetune"]
+    plan = make_plan("part", "coco", preset=preset)
+    task = build_task(plan, cache or default_cache())
+    det, ft = asdict(plan.detector), plan.finetune
     data = build_coco_dataset(task.root, "train", train_pipeline(
-        det["img_size"], ft.get("resize_ratio", (0.1, 2.0)), ft.get("pad_val", 114),
-        ft.get("hflip", 0.5)), task.classes, ft.get("min_size", 0))
-    bs = ft["batch_size"]
+        det["img_size"], ft.resize_ratio, ft.pad_val, ft.hflip), task.classes, ft.min_size)
+    bs = plan.finetune_batch()
     batches = [pseudo_collate([data[b * bs + i] for i in range(bs)]) for b in range(3)]
-    model = build_detector(det, task.encoder_cfg, len(task.classes)).to(device).train()
-    optim = torch.optim.AdamW(model.parameters(), lr=ft["lr"], weight_decay=ft["weight_decay"])
+    model = build_detector(det, plan.encoder.as_kwargs(), len(task.classes)).to(device).train()
+    optim = torch.optim.AdamW(model.parameters(), lr=ft.lr, weight_decay=ft.weight_decay)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     state = dict(i=0)
 

@@ -25,8 +25,20 @@ PAPER = REPO / "results" / "paper"
 class Row:
     label: str                      # as in the paper (and in results/paper/<table>.csv)
     method: str | None              # registered method; None = the paper's row only
+    # plan overrides of the row (the "row" layer of engine/plan.py), dotted:
+    # "method.num_pairs", "pretrain.epochs"; preset_overrides adds some for one preset
     overrides: dict = field(default_factory=dict)
+    preset_overrides: dict = field(default_factory=dict)
     status: str = "not implemented"  # shown in the measured cells of a paper-only row
+    presets: tuple | None = None    # the presets that have this row (None: all)
+    skip_presets: tuple = ()
+    paper_label: str | None = None  # its row in results/paper/<table>.csv (default: label)
+
+    def plan_overrides(self, preset: str) -> dict:
+        return {**self.overrides, **self.preset_overrides.get(preset, {})}
+
+    def in_preset(self, preset: str) -> bool:
+        return preset not in self.skip_presets and (self.presets is None or preset in self.presets)
 
 
 @dataclass(frozen=True)
@@ -44,16 +56,24 @@ class Table:
     columns: tuple
     plot: str | None = None         # "pairs": accuracy vs num_pairs line plot
     note: str = ""
+    preset_notes: dict = field(default_factory=dict)  # appended for that preset
+
+    def rows_for(self, preset: str) -> tuple:
+        return tuple(r for r in self.rows if r.in_preset(preset))
+
+    def note_for(self, preset: str) -> str:
+        return " ".join(n for n in (self.note, self.preset_notes.get(preset, "")) if n)
 
 
 PAIRS = (512, 1024, 2048, 4096)
+FIG8_PT_EPOCHS = (400, 1000, 4000)  # the paper's three curves
 
 TABLES: dict[str, Table] = {
     "table5": Table(
         title="Table 5: relative encoders (CIFAR-100)",
-        rows=(Row("MLP", "part", {"head": "mlp"}),
-              Row("Pairwise MLP", "part", {"head": "pairwise_mlp"}),
-              Row("Cross-attention", "part", {"head": "cross_attention"})),
+        rows=(Row("MLP", "part", {"method.head": "mlp"}),
+              Row("Pairwise MLP", "part", {"method.head": "pairwise_mlp"}),
+              Row("Cross-attention", "part", {"method.head": "cross_attention"})),
         columns=(Column("err x", "pretext", "err_x", "err_x"),
                  Column("err y", "pretext", "err_y", "err_y"),
                  Column("Euclidean", "pretext", "err_euclid", "err_euclid"),
@@ -66,11 +86,19 @@ TABLES: dict[str, Table] = {
     ),
     "fig8": Table(
         title="Figure 8: CIFAR-100 accuracy vs #pairs",
-        rows=tuple(Row(f"{p} pairs", "part", {"num_pairs": p}) for p in PAIRS),
+        # the paper preset has the paper's three curves (400/1000/4000 pretraining
+        # epochs); other presets one curve at their own pretraining length
+        rows=tuple(Row(f"{p} pairs", "part", {"method.num_pairs": p}, skip_presets=("paper",),
+                       paper_label=f"{p} pairs, 1000 PT epochs") for p in PAIRS)
+        + tuple(Row(f"{p} pairs, {e} PT epochs", "part",
+                    {"method.num_pairs": p, "pretrain.epochs": e}, presets=("paper",))
+                for e in FIG8_PT_EPOCHS for p in PAIRS),
         columns=(Column("acc", "cifar100", "acc1", "acc1"),),
         plot="pairs",
         note="The paper shows Figure 8 as curves at 400/1000/4000 pretraining epochs; "
              "only the 2048-pair point at 1000 epochs (83.0) is stated as a number.",
+        preset_notes={"tiny": "Tiny preset: one curve at its own 6 pretraining epochs; the "
+                              "paper column is the paper's 1000-epoch point."},
     ),
     "table4": Table(
         title="Table 4: on-grid vs off-grid sampling (PART-grid vs PART)",
@@ -83,12 +111,18 @@ TABLES: dict[str, Table] = {
     ),
     "table1": Table(
         title="Table 1: PART vs PART + aspect ratio + scale",
-        rows=(Row("PART", "part"), Row("PART + aspect ratio + scale", "part-aspect-scale")),
+        rows=(Row("PART", "part"),
+              Row("PART + aspect ratio + scale", "part-aspect-scale",
+                  preset_overrides={"paper": {"pretrain.epochs": 100}})),
         columns=(Column("COCO AP^b", "coco", "bbox_mAP", "bbox_mAP"),
                  Column("COCO AP^b_50", "coco", "bbox_mAP_50", "bbox_mAP_50"),
                  Column("COCO AP^b_75", "coco", "bbox_mAP_75", "bbox_mAP_75"),
                  Column("IN-1K", "imagenet", "acc1", "imagenet_acc1")),
         note="COCO: Mask R-CNN with a ViTDet backbone, box AP in %; IN-1K: top-1 accuracy.",
+        preset_notes={"paper": "The aspect + scale row pretrains 100 epochs, as the paper's; "
+                               "PART pretrains 200 (COCO) and 400 (IN-1K) epochs.",
+                      "tiny": "Both rows pretrain with the tiny preset's one schedule (the "
+                              "paper pretrained the aspect + scale row for 100 epochs)."},
     ),
     "table2": Table(
         title="Table 2: COCO object detection (Mask R-CNN, ViTDet backbone)",
@@ -135,8 +169,8 @@ def available(task: str) -> bool:
     return task in TASKS
 
 
-def cell_runs(table: Table, seeds: int):
-    for row in table.rows:
+def cell_runs(table: Table, seeds: int, preset: str):
+    for row in table.rows_for(preset):
         if row.method is None:
             continue
         tasks = []
@@ -158,28 +192,29 @@ def fill(name: str, preset: str, seeds: int, run: bool, data_root=None, cache=No
     table = TABLES[name]
     out_root = Path(out_root) if out_root else REPO / "results" / preset
     runs_dir = out_root / "runs"
-    for row, task, seed in cell_runs(table, seeds):
+    for row, task, seed in cell_runs(table, seeds, preset):
         path = cell_record_path(row.method, task, preset=preset, seed=seed,
-                                method_overrides=row.overrides, out=runs_dir)
+                                row=row.plan_overrides(preset), out=runs_dir)
         if path.exists() or not run:
             continue
         print(f"[{name}] {row.label} / {task} / seed {seed}", flush=True)
         run_cell(row.method, task, preset=preset, seed=seed, data_root=data_root, cache=cache,
-                 out=runs_dir, method_overrides=row.overrides)
+                 out=runs_dir, row=row.plan_overrides(preset))
 
     records = {Path(r["path"]).name: r for r in read_records(runs_dir)} if runs_dir.exists() else {}
     # read as text: the paper's numbers keep the precision they were printed with
     paper_csv = PAPER / f"{name}.csv"
     paper = pd.read_csv(paper_csv, dtype=str).set_index("row") if paper_csv.exists() else None
     lines = []
-    for row in table.rows:
+    for row in table.rows_for(preset):
         entry = {"row": row.label}
+        paper_label = row.paper_label or row.label
         for col in table.columns:
             values = []
             if row.method is not None and available(col.task):
                 for seed in range(seeds):
                     path = cell_record_path(row.method, col.task, preset=preset, seed=seed,
-                                            method_overrides=row.overrides, out=runs_dir)
+                                            row=row.plan_overrides(preset), out=runs_dir)
                     rec = records.get(path.name)
                     if rec is not None and col.metric in rec["metrics"]:
                         values.append(float(rec["metrics"][col.metric]))
@@ -188,8 +223,8 @@ def fill(name: str, preset: str, seeds: int, run: bool, data_root=None, cache=No
             entry[f"{col.label} (ours, std)"] = s.std(ddof=0) if len(s) > 1 else float("nan")
             entry[f"{col.label} (ours, n)"] = len(s)
             if col.paper:
-                has = paper is not None and row.label in paper.index and col.paper in paper.columns
-                value = paper.loc[row.label, col.paper] if has else None
+                has = paper is not None and paper_label in paper.index and col.paper in paper.columns
+                value = paper.loc[paper_label, col.paper] if has else None
                 entry[f"{col.label} (paper)"] = value if isinstance(value, str) else float("nan")
         if row.method is None:
             entry["status"] = row.status
@@ -203,6 +238,21 @@ def fill(name: str, preset: str, seeds: int, run: bool, data_root=None, cache=No
         plot_pairs(df, out_root / f"{name}.png", preset)
     print(render_markdown(table, df, preset, seeds))
     return csv_path
+
+
+def dry_run_table(name: str, preset: str, seeds: int, data_root=None, cache=None,
+                  world_size=None) -> None:
+    """Print the plan of every cell of a table (``make tableN DRY_RUN=1``)."""
+    from benchmarks.run import dry_run
+    from engine.plan import format_plan
+
+    table = TABLES[name]
+    for row, task, seed in cell_runs(table, seeds, preset):
+        print(f"\n[{name}] {row.label} / {task} / seed {seed}")
+        print(format_plan(dry_run(row.method, task, preset=preset, seed=seed, data_root=data_root,
+                                  cache=cache, row=row.plan_overrides(preset),
+                                  world_size=world_size,
+                                  out=REPO / "results" / preset / "runs")))
 
 
 def _fmt(mean, std, n):
@@ -237,8 +287,9 @@ def render_markdown(table: Table, df, preset: str, seeds: int) -> str:
                 p = r[f"{col.label} (paper)"]
                 cells.append("—" if isinstance(p, float) and math.isnan(p) else f"{p}")
         out.append("| " + " | ".join(str(c) for c in cells) + " |")
-    if table.note:
-        out += ["", table.note]
+    note = table.note_for(preset)
+    if note:
+        out += ["", note]
     return "\n".join(out) + "\n"
 
 
@@ -249,13 +300,21 @@ def plot_pairs(df, path: Path, preset: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pairs = [int(label.split()[0]) for label in df["row"]]
+    # one curve per pretraining length ("2048 pairs, 400 PT epochs"), or one for the preset
+    curves: dict[str, list] = {}
+    for i, label in enumerate(df["row"]):
+        pairs_part, _, epochs_part = label.partition(", ")
+        curves.setdefault(epochs_part or f"{preset} preset", []).append((int(pairs_part.split()[0]), i))
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    ax.errorbar(pairs, df["acc (ours)"], yerr=df["acc (ours, std)"].fillna(0), marker="o",
-                capsize=3, label=f"ours ({preset} preset)")
+    for name, points in curves.items():
+        xs, idx = [p for p, _ in points], [i for _, i in points]
+        ax.errorbar(xs, df["acc (ours)"].iloc[idx], yerr=df["acc (ours, std)"].iloc[idx].fillna(0),
+                    marker="o", capsize=3, label=f"ours, {name}")
+    pairs = sorted({p for pts in curves.values() for p, _ in pts})
     paper = pd.to_numeric(df["acc (paper)"], errors="coerce")
     if paper.notna().any():
-        ax.scatter([p for p, v in zip(pairs, paper) if v == v], paper.dropna(), marker="*",
+        xs = [int(df["row"].iloc[i].split()[0]) for i in range(len(df)) if paper.iloc[i] == paper.iloc[i]]
+        ax.scatter(xs, paper.dropna(), marker="*",
                    s=80, color="C3", label="paper (real CIFAR-100, 1000 PT epochs)")
     ax.set_xscale("log", base=2)
     ax.set_xticks(pairs, [str(p) for p in pairs])
@@ -276,6 +335,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-run", action="store_true", help="only render from existing records")
     p.add_argument("--data-root", default=None)
     p.add_argument("--cache", default=None)
+    p.add_argument("--dry-run", action="store_true", help="print every cell's plan, run nothing")
+    p.add_argument("--world-size", type=int, default=None, help="with --dry-run")
     args = p.parse_args(argv)
     from engine.errors import PartBenchError
 
@@ -284,6 +345,10 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     try:
+        if args.dry_run:
+            dry_run_table(args.table, args.preset, args.seeds, args.data_root, args.cache,
+                          args.world_size)
+            return 0
         fill(args.table, args.preset, args.seeds, not args.no_run, args.data_root, args.cache)
     except PartBenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

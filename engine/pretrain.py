@@ -1,7 +1,8 @@
 """Pretraining one method on mmengine's Runner, cached by what determines the result.
 
-A pretrained checkpoint is identified by (method name, resolved method config,
-resolved pretraining config, preset, seed); its folder holds the Runner's work dir
+A pretrained checkpoint is identified by everything that changes its weights
+(:func:`pretrain_identity`: the method's class and values, the encoder, the schedule,
+the pretraining data's identity, the seed); its folder holds the Runner's work dir
 (per-epoch checkpoints, logs: a killed run resumes from there) and, once finished,
 
 - ``method.pth``:  the whole method (encoder + pretext head), for pretext evaluation
@@ -12,8 +13,6 @@ Both are written atomically (temporary file + rename), by the main process only.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -25,8 +24,8 @@ from methods import build_method
 
 from .runner import SuiteModel, build_runner
 
-__all__ = ["PretrainModel", "pretrain_key", "ensure_pretrained", "atomic_torch_save",
-           "load_method"]
+__all__ = ["PretrainModel", "pretrain_key", "pretrain_identity", "pretrained_folder",
+           "is_pretrained", "ensure_pretrained", "atomic_torch_save", "load_method"]
 
 
 class PretrainModel(SuiteModel):
@@ -36,26 +35,35 @@ class PretrainModel(SuiteModel):
         super().__init__()
         self.method = method
 
+    @property
+    def encoder(self):
+        """The method's encoder (the optimizer constructor groups its parameters)."""
+        return self.method.encoder
+
     def forward(self, inputs, data_samples=None, mode: str = "loss"):
         if mode != "loss":
             raise ValueError(f"pretraining has only the 'loss' mode, got {mode!r}")
         return self.method(inputs)
 
 
-# Config keys that only change finetuning: rows that differ only in them (mp3 and
-# mp3-nope) share one pretrained checkpoint.
-FINETUNE_ONLY_KEYS = ("finetune_pos_embed",)
+def pretrain_identity(plan, data_id: dict) -> dict:
+    """Everything that changes the pretrained weights, and nothing that does not: the
+    method's class and constructor values, the encoder, the schedule (without the
+    gradient-accumulation split of the same global batch), the pretraining data's
+    identity and the seed. Loader knobs, the world size and the method's *name* are
+    left out, so ``mp3`` and ``mp3-nope`` share a checkpoint."""
+    from dataclasses import asdict
+
+    schedule = asdict(plan.pretrain)
+    schedule.pop("grad_accum", None)
+    return dict(method=plan.method.cls, method_cfg=plan.method.config,
+                encoder=asdict(plan.encoder), pretrain=schedule, data=data_id, seed=plan.seed)
 
 
-def pretrain_key(method_name: str, method_cfg: dict, pretrain_cfg: dict, preset: str,
-                 seed: int) -> str:
-    from methods import METHODS
+def pretrain_key(plan, data_id: dict) -> str:
+    from engine.plan import stable_hash
 
-    cls, defaults = METHODS[method_name]
-    effective = {k: v for k, v in {**defaults, **method_cfg}.items() if k not in FINETUNE_ONLY_KEYS}
-    blob = json.dumps(dict(method=cls.__name__, method_cfg=effective, pretrain=pretrain_cfg,
-                           preset=preset, seed=seed), sort_keys=True, default=str)
-    return f"{cls.__name__.lower()}-{preset}-s{seed}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
+    return f"{plan.method.cls.lower()}-s{plan.seed}-{stable_hash(pretrain_identity(plan, data_id))}"
 
 
 def atomic_torch_save(obj, path: Path) -> None:
@@ -73,29 +81,38 @@ def atomic_torch_save(obj, path: Path) -> None:
 def load_method(method_ckpt: Path, map_location="cpu"):
     """Rebuild a pretrained method (encoder + head) from its ``method.pth``."""
     ckpt = torch.load(method_ckpt, map_location=map_location, weights_only=True)
-    method = build_method(ckpt["method"], **ckpt["method_cfg"])
+    method = build_method(ckpt["method"], encoder=ckpt["encoder_cfg"], **ckpt["method_cfg"])
     method.load_state_dict(ckpt["state_dict"])
     return method.eval()
 
 
-def ensure_pretrained(method_name: str, method_cfg: dict, pretrain_cfg: dict, dataset,
-                      cache_root: Path, preset: str, seed: int, log=print) -> Path:
+def pretrained_folder(plan, data_id: dict, cache_root: Path) -> Path:
+    return Path(cache_root) / "pretrain" / pretrain_key(plan, data_id)
+
+
+def is_pretrained(folder: Path) -> bool:
+    return (folder / "encoder.pth").exists() and (folder / "method.pth").exists()
+
+
+def ensure_pretrained(plan, dataset, data_id: dict, cache_root: Path, log=print) -> Path:
     """Return the folder holding ``encoder.pth``/``method.pth``, pretraining if needed."""
-    key = pretrain_key(method_name, method_cfg, pretrain_cfg, preset, seed)
-    folder = Path(cache_root) / "pretrain" / key
-    if (folder / "encoder.pth").exists() and (folder / "method.pth").exists():
+    folder = pretrained_folder(plan, data_id, cache_root)
+    if is_pretrained(folder):
         log(f"[pretrain] reusing cached checkpoint {folder}")
         return folder
-    log(f"[pretrain] {method_name}: {pretrain_cfg['epochs']} epochs on {len(dataset)} images "
+    pre = plan.pretrain
+    log(f"[pretrain] {plan.method.name}: {pre.epochs} epochs on {len(dataset)} images, global "
+        f"batch {pre.global_batch_size} ({plan.pretrain_batch()} per process), lr {pre.lr:g} "
         f"-> {folder}")
-    method = build_method(method_name, **method_cfg)
-    schedule = {k: v for k, v in pretrain_cfg.items() if k not in ("augment",)}
-    runner = build_runner(PretrainModel(method), folder / "work", dataset, seed=seed,
-                          experiment_name="pretrain", **schedule)
+    method = build_method(plan.method.name, encoder=plan.encoder.as_kwargs(), **plan.method.config)
+    runner = build_runner(PretrainModel(method), folder / "work", dataset, schedule=pre,
+                          batch_per_process=plan.pretrain_batch(), loader=plan.loader,
+                          seed=plan.seed, experiment_name="pretrain")
     runner.train()
     if is_main_process():
-        meta = dict(method=method_name, method_cfg=method_cfg, pretrain_cfg=pretrain_cfg,
-                    preset=preset, seed=seed, encoder_cfg=method.encoder_cfg)
+        meta = dict(method=plan.method.name, method_cfg=plan.method.config,
+                    identity=pretrain_identity(plan, data_id), preset=plan.preset,
+                    seed=plan.seed, encoder_cfg=method.encoder_cfg)
         atomic_torch_save(dict(meta, state_dict=method.state_dict()), folder / "method.pth")
         atomic_torch_save(dict(meta, state_dict=method.encoder_state_dict()),
                           folder / "encoder.pth")

@@ -60,19 +60,22 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9=.,_-]+", "_", text)
 
 
-def record_path(out, preset: str, cell: dict, task: str, seed: int) -> Path:
-    folder = Path(out) if out else REPO / "results" / preset / "runs"
-    variant = f"[{_slug(cell['variant'])}]" if cell["variant"] else ""
-    return folder / f"{cell['method']}{variant}__{task}__seed{seed}.json"
+def record_path(out, plan) -> Path:
+    folder = Path(out) if out else REPO / "results" / plan.preset / "runs"
+    variant = f"[{_slug(plan.variant)}]" if plan.variant else ""
+    return folder / f"{plan.method.name}{variant}__{plan.task}__seed{plan.seed}.json"
 
 
-def build_record(cell, task, cfg, seed, metrics, pretrained, wall, data_root) -> dict:
+def build_record(plan, metrics, pretrained, wall, data: dict) -> dict:
+    """``data``: the identities of the task's data and of the pretraining images."""
+    from .plan import plan_to_dict
+
     return {
-        "method": cell["method"], "variant": cell["variant"], "task": task,
-        "preset": cfg["preset"], "seed": seed, "metrics": metrics,
-        "config": {"method": cell["method_cfg"], "task": cfg["tasks"][task]},
+        "method": plan.method.name, "variant": plan.variant, "task": plan.task,
+        "preset": plan.preset, "seed": plan.seed, "metrics": metrics,
+        "plan": plan_to_dict(plan), "sources": plan.sources,
         "pretrained_checkpoint": str(pretrained) if pretrained else None,
-        "data_root": str(data_root) if data_root else "embedded",
+        "data": data, "data_root": plan.data.root or "embedded",
         "versions": versions(), "git": git_commit(), "hardware": hardware(),
         "wall_time_s": wall, "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
     }

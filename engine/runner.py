@@ -28,8 +28,9 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.model import BaseModel
 from mmengine.optim import DefaultOptimWrapperConstructor
-from mmengine.registry import HOOKS, OPTIM_WRAPPER_CONSTRUCTORS
+from mmengine.registry import DATA_SAMPLERS, HOOKS, OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.runner import Runner
+from timm.data.distributed_sampler import RepeatAugSampler
 
 from .errors import TrainingError
 
@@ -87,7 +88,10 @@ def launcher_from_env() -> str:
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
-    """timm's layer-decay parameter groups for the model's ``encoder`` (a timm ViT)."""
+    """timm's layer-decay parameter groups for the model's ``encoder`` (a timm ViT), and
+    timm's weight-decay exemptions (1-D parameters and the encoder's
+    ``no_weight_decay()``: position embeddings, [CLS]) for every parameter. With
+    ``layer_decay=1.0`` it is DeiT's optimizer (timm's ``create_optimizer``)."""
 
     def __call__(self, model):
         from mmengine.optim import OptimWrapper  # noqa: F401  (registry side effect)
@@ -107,8 +111,12 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             g["lr"] = base_lr * g.pop("lr_scale", 1.0)
         covered = {id(p) for g in groups for p in g["params"]}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in covered]
-        if rest:
-            groups.append({"params": rest, "lr": base_lr, "weight_decay": wd})
+        # heads and decoders outside the encoder: timm's rule too (1-D: biases, norms)
+        for no_decay in (False, True):
+            params = [p for p in rest if (p.ndim <= 1) is no_decay]
+            if params:
+                groups.append({"params": params, "lr": base_lr,
+                               "weight_decay": 0.0 if no_decay else wd})
         optim_cfg["params"] = groups
         optimizer = OPTIMIZERS.build(optim_cfg)
         wrapper_cfg = dict(self.optim_wrapper_cfg)
@@ -118,16 +126,45 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
 
 @HOOKS.register_module()
 class FiniteLossHook(Hook):
-    """Raise a :class:`TrainingError` at the first non-finite loss."""
+    """Stop at the first non-finite loss with a :class:`TrainingError`, on every rank
+    at once: the flag is reduced over the process group, so no rank is left waiting
+    in the next collective while another has raised."""
 
     priority = "VERY_HIGH"
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         loss = (outputs or {}).get("loss")
-        if loss is not None and not torch.isfinite(torch.as_tensor(loss).detach()).all():
-            raise TrainingError(f"loss became {float(torch.as_tensor(loss).detach())} at iteration {runner.iter + 1} "
-                                f"(epoch {runner.epoch + 1}); lower the learning rate or check "
-                                f"the data. Work dir: {runner.work_dir}")
+        if loss is None:
+            return
+        loss = torch.as_tensor(loss).detach()
+        bad = torch.tensor([0.0 if torch.isfinite(loss).all() else 1.0], device=loss.device)
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if bad.item() > 0:
+            where = f"loss {float(loss)}" if not torch.isfinite(loss).all() else "a non-finite loss on another rank"
+            raise TrainingError(f"{where} at iteration {runner.iter + 1} (epoch {runner.epoch + 1}); "
+                                f"lower the learning rate or check the data. Work dir: {runner.work_dir}")
+
+
+@DATA_SAMPLERS.register_module()
+class SeededRepeatAugSampler(RepeatAugSampler):
+    """timm's repeated-augmentation sampler (DeiT's): each image appears
+    ``num_repeats`` times per epoch, the copies on different ranks, and an epoch keeps
+    about N samples. timm seeds the shuffle with the epoch alone; the run's seed is
+    folded in here so two seeds draw different orders."""
+
+    def __init__(self, dataset, num_repeats: int = 3, seed: int = 0):
+        from mmengine.dist import get_dist_info
+
+        rank, world = get_dist_info()
+        super().__init__(dataset, num_replicas=world, rank=rank, shuffle=True,
+                         num_repeats=num_repeats)
+        self.seed = int(seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = self.seed * 1_000_003 + epoch  # timm's generator seed
 
 
 @HOOKS.register_module()
@@ -142,69 +179,72 @@ class TrainingProgressHook(Hook):
             method.set_progress(runner.iter / max(1, runner.max_iters))
 
 
-def lr_schedule(num_images: int, *, epochs: int, batch_size: int, world_size: int = 1,
-                warmup_epochs: float = 0, min_lr: float = 0.0, lr_steps: tuple | None = None,
-                lr_step_gamma: float = 0.1) -> list[dict]:
-    """mmengine param schedulers, per iteration, for ``epochs`` over ``num_images`` at
-    ``batch_size`` per process on ``world_size`` processes: linear warmup from 1e-3 of
-    the lr over ``warmup_epochs`` (may be fractional), then cosine decay to ``min_lr``,
-    or, with ``lr_steps``, drops by ``lr_step_gamma`` at those fractions of training."""
-    iters_per_epoch = max(1, math.ceil(num_images / (batch_size * world_size)))
-    warmup_iters = int(round(warmup_epochs * iters_per_epoch))
-    total_iters = epochs * iters_per_epoch
+def lr_schedule(iters_per_epoch: int, schedule) -> list[dict]:
+    """mmengine param schedulers, per iteration, for ``schedule`` (a plan section):
+    linear warmup from 1e-3 of the lr over ``warmup_epochs`` (may be fractional), then
+    cosine decay to ``min_lr``, or, with ``lr_steps``, drops by 0.1 at those fractions
+    of training."""
+    warmup_iters = int(round(schedule.warmup_epochs * iters_per_epoch))
+    total_iters = schedule.epochs * iters_per_epoch
     schedulers = []
     if warmup_iters > 0:
         schedulers.append(dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0,
                                end=warmup_iters))
-    if lr_steps:
+    if schedule.lr_steps:
         schedulers.append(dict(type="MultiStepLR", by_epoch=False, begin=0, end=total_iters,
-                               milestones=[int(round(f * total_iters)) for f in lr_steps],
-                               gamma=lr_step_gamma))
+                               milestones=[int(round(f * total_iters)) for f in schedule.lr_steps],
+                               gamma=0.1))
     else:
         schedulers.append(dict(type="CosineAnnealingLR", by_epoch=False, begin=warmup_iters,
-                               end=max(total_iters, warmup_iters + 1), eta_min=min_lr))
+                               end=max(total_iters, warmup_iters + 1), eta_min=schedule.min_lr))
     return schedulers
 
 
-def build_runner(model, work_dir: str | Path, train_dataset, *, epochs: int, batch_size: int,
-                 lr: float, weight_decay: float = 0.05, betas=(0.9, 0.999),
-                 warmup_epochs: float = 0, min_lr: float = 0.0, layer_decay: float | None = None,
-                 num_workers: int = 2, seed: int = 0, log_interval: int = 10,
-                 test_dataset=None, test_evaluator=None, test_batch_size: int | None = None,
-                 grad_clip: float | None = None, collate_fn: str = "default_collate",
-                 experiment_name: str | None = None, lr_steps: tuple | None = None,
-                 lr_step_gamma: float = 0.1,
+def build_runner(model, work_dir: str | Path, train_dataset, *, schedule, batch_per_process: int,
+                 loader, seed: int = 0, test_dataset=None, test_evaluator=None,
+                 test_batch_size: int | None = None, collate_fn: str = "default_collate",
+                 experiment_name: str | None = None,
                  optim_constructor: str = "LayerDecayOptimWrapperConstructor",
                  default_scope: str = "mmengine") -> Runner:
     """A Runner for one training job (see module docstring).
 
-    ``lr_steps`` (fractions of the total iterations, e.g. ``(0.889, 0.963)``) replaces
-    the cosine decay by step drops of ``lr_step_gamma`` at those points (detection's
-    multi-step schedule); warmup stays linear. ``optim_constructor`` builds the
-    layer-decay parameter groups; ``default_scope`` is the registry scope the Runner
-    builds its parts in (``mmdet`` for detectors).
+    ``schedule`` is a plan section (:class:`engine.plan.PretrainPlan`, ``FinetunePlan``
+    or ``DetectionFinetunePlan``): epochs, the lr after its scaling rule, warmup, decay
+    or ``lr_steps`` (fractions of training for step drops), ``layer_decay`` (parameter
+    groups by ``optim_constructor``), ``grad_accum``, ``repeated_aug``.
+    ``batch_per_process`` is the plan's global batch / (world size x grad_accum);
+    ``loader`` the plan's loader section. ``default_scope`` is the registry scope the
+    Runner builds its parts in (``mmdet`` for detectors).
     """
+    from .plan import iters_per_epoch
+
     work_dir = Path(work_dir)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    schedulers = lr_schedule(len(train_dataset), epochs=epochs, batch_size=batch_size,
-                             world_size=world, warmup_epochs=warmup_epochs, min_lr=min_lr,
-                             lr_steps=lr_steps, lr_step_gamma=lr_step_gamma)
+    repeats = int(schedule.repeated_aug)
+    drop_last = len(train_dataset) >= batch_per_process
+    iters = iters_per_epoch(len(train_dataset), batch_per_process, world, drop_last, repeats)
+    schedulers = lr_schedule(iters, schedule)
 
-    optimizer = dict(type="AdamW", lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+    optimizer = dict(type="AdamW", lr=schedule.lr, weight_decay=schedule.weight_decay,
+                     betas=tuple(schedule.betas))
     optim_wrapper = dict(type="AmpOptimWrapper" if use_cuda() else "OptimWrapper",
                          optimizer=optimizer)
-    if grad_clip:
-        optim_wrapper["clip_grad"] = dict(max_norm=grad_clip)
-    if layer_decay is not None:
-        optim_wrapper["constructor"] = optim_constructor
-        optim_wrapper["paramwise_cfg"] = dict(layer_decay=layer_decay)
+    if schedule.grad_accum > 1:
+        optim_wrapper["accumulative_counts"] = int(schedule.grad_accum)
+    if schedule.grad_clip:
+        optim_wrapper["clip_grad"] = dict(max_norm=schedule.grad_clip)
+    # The constructor also owns the weight-decay exemptions, so it runs without layer
+    # decay too (decay 1.0).
+    optim_wrapper["constructor"] = optim_constructor
+    optim_wrapper["paramwise_cfg"] = dict(layer_decay=schedule.layer_decay or 1.0)
 
+    sampler = (dict(type="SeededRepeatAugSampler", num_repeats=repeats, seed=seed) if repeats > 1
+               else dict(type="DefaultSampler", shuffle=True))
     # Workers end with each epoch: persistent ones outlive the Runner (mmengine keeps
     # global references to it), and a table run would pile them up cell after cell.
-    loader = dict(dataset=train_dataset, batch_size=batch_size, num_workers=num_workers,
-                  persistent_workers=False, drop_last=len(train_dataset) >= batch_size,
-                  sampler=dict(type="DefaultSampler", shuffle=True),
-                  collate_fn=dict(type=collate_fn))
+    train_loader = dict(dataset=train_dataset, batch_size=batch_per_process,
+                        num_workers=loader.num_workers, persistent_workers=False,
+                        drop_last=drop_last, sampler=sampler, collate_fn=dict(type=collate_fn))
     kwargs = {}
     if launcher_from_env() == "pytorch" and not use_cuda():
         # mmengine's own init_dist always selects a CUDA device; on CPU (gloo) the suite
@@ -217,8 +257,8 @@ def build_runner(model, work_dir: str | Path, train_dataset, *, epochs: int, bat
                                                     broadcast_buffers=False))
     if test_dataset is not None:
         kwargs.update(
-            test_dataloader=dict(dataset=test_dataset, batch_size=test_batch_size or batch_size,
-                                 num_workers=num_workers, persistent_workers=False,
+            test_dataloader=dict(dataset=test_dataset, batch_size=test_batch_size or batch_per_process,
+                                 num_workers=loader.num_workers, persistent_workers=False,
                                  sampler=dict(type="DefaultSampler", shuffle=False),
                                  collate_fn=dict(type=collate_fn)),
             test_evaluator=test_evaluator, test_cfg=dict())
@@ -226,13 +266,13 @@ def build_runner(model, work_dir: str | Path, train_dataset, *, epochs: int, bat
     runner = Runner(
         model=model,
         work_dir=str(work_dir),
-        train_dataloader=loader,
-        train_cfg=dict(by_epoch=True, max_epochs=epochs),
+        train_dataloader=train_loader,
+        train_cfg=dict(by_epoch=True, max_epochs=schedule.epochs),
         optim_wrapper=optim_wrapper,
         param_scheduler=schedulers,
         default_hooks=dict(
             timer=dict(type="IterTimerHook"),
-            logger=dict(type="LoggerHook", interval=log_interval),
+            logger=dict(type="LoggerHook", interval=loader.log_interval),
             param_scheduler=dict(type="ParamSchedulerHook"),
             checkpoint=dict(type="CheckpointHook", interval=1, max_keep_ckpts=1,
                             save_last=True),

@@ -11,10 +11,9 @@ Per image and iteration:
 4. a linear head on each patch token's output classifies that token's own grid index
    among N (cross-entropy over N classes, averaged over all tokens).
 
-Finetuning adds position embeddings by default (``finetune_pos_embed=True``, "MP3 w/
-PE"); ``finetune_pos_embed=False`` is Table 6/7's "MP3 w/o PE" (registered as
-``mp3-nope``). Pretraining is identical for both; the flag is only read by the cell
-resolution (:func:`engine.config.resolve_cell`).
+Finetuning adds position embeddings by default ("MP3 w/ PE"); Table 6/7's "MP3 w/o
+PE" is the registered variant ``mp3-nope``, whose finetuning option ``pos_embed=False``
+lives in the registry: pretraining is identical for both and shared.
 
 The key masking is built from ``forward_tokens``' ``attn_mask``: a bool
 ``(B, 1, 1+N, 1+N)`` tensor, True = the query may attend to that key. timm's
@@ -73,13 +72,11 @@ def key_attention_mask(kept: torch.Tensor) -> torch.Tensor:
 class MP3(PretrainMethod):
     pretrain_pos_embed = False
 
-    def __init__(self, encoder: dict, mask_ratio: float = 0.75,
-                 finetune_pos_embed: bool = True):
+    def __init__(self, encoder: dict, mask_ratio: float = 0.75):
         super().__init__(encoder)
         if not 0.0 <= float(mask_ratio) < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio!r}")
         self.mask_ratio = float(mask_ratio)
-        self.finetune_pos_embed = bool(finetune_pos_embed)
         enc = self.encoder
         self.num_patches = enc.num_patches
         self.grid_size = tuple(enc.patch_embed.grid_size)  # (rows, cols) or (N,) in 1D

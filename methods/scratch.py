@@ -1,8 +1,7 @@
 """Scratch: no pretraining, the supervised "Labelled" baseline rows (Tables 3, 6, 7).
 
-The task trains its encoder from a random initialisation. ``finetune_pos_embed``
-picks the row: ``True`` is "w/ PE" (registered as ``scratch``), ``False`` is "w/o PE"
-(``scratch-nope``); the flag is read by :func:`engine.config.resolve_cell`.
+The task trains its encoder from a random initialisation. "w/ PE" is ``scratch``,
+"w/o PE" the registered variant ``scratch-nope`` (finetuning option ``pos_embed=False``).
 
 ``pretrains = False`` tells the runner to skip pretraining, so this class is never
 trained; calling :meth:`forward` or asking for its (random) encoder weights raises,
@@ -21,9 +20,8 @@ class Scratch(PretrainMethod):
     pretrain_pos_embed = False
     pretrains = False
 
-    def __init__(self, encoder: dict, finetune_pos_embed: bool = True):
+    def __init__(self, encoder: dict):
         super().__init__(encoder)
-        self.finetune_pos_embed = bool(finetune_pos_embed)
 
     def forward(self, images: torch.Tensor, *args, **kwargs) -> dict[str, torch.Tensor]:
         raise RuntimeError("Scratch has no pretraining (pretrains=False): it is the supervised "

@@ -1,18 +1,17 @@
-"""The task registry: ``TASKS`` and ``build_task(name, cfg, data_root, cache_root)``.
+"""The task registry: ``TASKS`` and ``build_task(plan, cache_root)``.
 
-``cfg`` is the preset's ``tasks`` section (all tasks), so that a task built on another
-(``pretext`` evaluates on its ``source`` task's data) can reach it.
+A task's class says its kind (``classification``, ``pretext``, ``detection``): which
+sections its preset entry holds (:data:`engine.plan.TASK_SECTIONS`). The ``pretext``
+task reads its ``source`` task's data and encoder, resolved into its plan.
 """
 from __future__ import annotations
-
-from engine.errors import ConfigError
 
 from .base import Task
 from .classification import ClassificationTask
 from .coco import CocoTask
 from .pretext import PretextTask
 
-TASKS = {
+TASKS: dict[str, type[Task]] = {
     "cifar100": ClassificationTask,
     "imagenet": ClassificationTask,
     "pretext": PretextTask,
@@ -20,15 +19,9 @@ TASKS = {
 }
 
 
-def build_task(name: str, tasks_cfg: dict, data_root=None, cache_root=None) -> Task:
-    if name not in TASKS or name not in tasks_cfg:
-        known = sorted(set(TASKS) & set(tasks_cfg))
-        raise ConfigError(f"unknown task {name!r}; expected one of: {', '.join(known)}")
-    cfg = dict(tasks_cfg[name])
-    if TASKS[name] is PretextTask:
-        source = build_task(cfg["source"], tasks_cfg, data_root, cache_root)
-        return PretextTask(cfg, data_root, cache_root, source)
-    return TASKS[name](cfg, data_root, cache_root)
+def build_task(plan, cache_root) -> Task:
+    """The task of a resolved plan (:func:`engine.plan.resolve_plan`)."""
+    return TASKS[plan.task](plan, cache_root)
 
 
 __all__ = ["TASKS", "build_task", "Task"]

@@ -1,12 +1,13 @@
 """The one interface every downstream task implements.
 
-A task is built from its config (a section of the preset), a data root (``None``:
-the embedded generated data of the tiny preset) and the cache folder. It
+A task is built from its resolved run plan (:class:`engine.plan.RunPlan`) and the cache
+folder. It
 
 - checks its data up front (:meth:`Task.check_data`: a clear error before any
   pretraining is spent),
-- says which encoder it needs (:attr:`Task.encoder_cfg`) and which images pretraining
-  uses for it (:meth:`Task.pretrain_dataset`, e.g. ImageNet for COCO),
+- gives the images pretraining reads for it (:meth:`Task.pretrain_dataset`: its own
+  train split, or ImageNet for COCO, as ``plan.pretrain_data`` says),
+- counts the images of its training phases for a plan (:meth:`Task.train_sizes`),
 - finetunes/evaluates an encoder checkpoint (or none) and returns metrics with fixed
   names (:meth:`Task.run`).
 """
@@ -35,11 +36,12 @@ class RunnerSamples(tud.Dataset):
 
 class Task:
     name: str = ""
+    #: the plan's task kind: classification | pretext | detection
+    kind: str = ""
     metric_names: tuple[str, ...] = ()
 
-    def __init__(self, cfg: dict, data_root: str | Path | None, cache_root: Path):
-        self.cfg = cfg
-        self.data_root = Path(data_root) if data_root else None
+    def __init__(self, plan, cache_root: Path):
+        self.plan = plan
         self.cache_root = Path(cache_root)
         self._root: Path | None = None
 
@@ -47,29 +49,24 @@ class Task:
     def root(self) -> Path:
         """``--data-root``, or else the preset's embedded data, written once into the cache."""
         if self._root is None:
-            if self.data_root is not None:
-                self._root = self.data_root
-            elif not self.cfg.get("embedded"):
-                from engine.errors import ConfigError
-
-                raise ConfigError(f"this preset has no embedded data for {self.name}: pass "
-                                  f"--data-root (or set PART_BENCH_DATA)")
-            else:
-                self._root = self.write_embedded(self.cache_root / "data",
-                                                 **self.cfg["embedded"])
+            self._root = self.resolve_root(self.plan.data)
         return self._root
 
-    def write_embedded(self, data_cache: Path, **embedded) -> Path:
+    def resolve_root(self, data) -> Path:
+        """The folder of a :class:`engine.plan.DataPlan`: its root, or its embedded data
+        generated (once) into the cache."""
+        if data.root is not None:
+            return Path(data.root)
+        if not data.embedded:
+            from engine.errors import ConfigError
+
+            raise ConfigError(f"preset {self.plan.preset} has no embedded {data.dataset} data for "
+                              f"task {self.plan.task}: pass --data-root (or set PART_BENCH_DATA)")
+        return self.write_embedded(data.dataset, self.cache_root / "data", **data.embedded)
+
+    def write_embedded(self, dataset: str, data_cache: Path, **embedded) -> Path:
         """Generate the embedded data set into ``data_cache`` (first use only); its root."""
         raise NotImplementedError  # abstract
-
-    @property
-    def encoder_cfg(self) -> dict:
-        return dict(self.cfg["encoder"])
-
-    @property
-    def pretrain_cfg(self) -> dict:
-        return dict(self.cfg["pretrain"])
 
     def check_data(self) -> None:
         raise NotImplementedError  # abstract
@@ -77,7 +74,11 @@ class Task:
     def pretrain_dataset(self):
         raise NotImplementedError  # abstract
 
-    def run(self, *, pretrained: Path | None, work_dir: Path, seed: int,
-            method_name: str) -> dict:
+    def train_sizes(self) -> dict[str, int | None]:
+        """Images per epoch of ``pretrain`` and ``finetune`` read from the data (None:
+        not available here); used by plans without the data set."""
+        raise NotImplementedError  # abstract
+
+    def run(self, *, pretrained: Path | None, work_dir: Path, log=print) -> dict:
         """``pretrained``: the folder with encoder.pth/method.pth, or None (from scratch)."""
         raise NotImplementedError  # abstract

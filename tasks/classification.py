@@ -1,8 +1,10 @@
 """Image classification finetuning: CIFAR-100 and ImageNet-1k with the DeiT recipe.
 
-The recipe is timm's: RandAugment (``rand-m9-mstd0.5-inc1``), Mixup 0.8 / CutMix 1.0
-with label smoothing 0.1 (soft-target cross-entropy), random erasing 0.25, drop path,
-layer-wise lr decay, AdamW with linear warmup then cosine decay. The pretext head is
+The recipe is DeiT's, built from timm's parts (the plan's ``finetune`` section, see
+:class:`engine.plan.FinetunePlan`): RandAugment (``rand-m9-mstd0.5-inc1``), Mixup 0.8 /
+CutMix 1.0 with label smoothing 0.1 (soft-target cross-entropy), random erasing 0.25,
+drop path, repeated augmentation, AdamW with linear warmup then cosine decay, no
+layer-wise lr decay (``finetune.recipe=mae``/``droppos`` select those methods' own). The pretext head is
 dropped; a linear head on [CLS] is trained; learnable position embeddings are added
 (randomly initialised) unless the row is a "w/o PE" baseline; patches are the fixed
 grid. Metric: top-1 accuracy (``acc1``, %), computed by scikit-learn.
@@ -34,7 +36,8 @@ from .data.cifar import CIFAR100Folder
 from .data.imagefolder import build_imagefolder
 from .data.synthetic import ensure_embedded_cifar100, ensure_embedded_imagefolder
 
-__all__ = ["ClassificationTask", "ClassifierModel", "Top1Accuracy", "pretrain_transform"]
+__all__ = ["ClassificationTask", "ClassifierModel", "Top1Accuracy", "pretrain_transform",
+           "read_split", "write_embedded_classification"]
 
 
 @METRICS.register_module()
@@ -81,83 +84,107 @@ class ClassifierModel(SuiteModel):
         return [{"pred": p, "label": y} for p, y in zip(preds.tolist(), data_samples.tolist())]
 
 
-def pretrain_transform(size: int, augment: dict):
-    """Image-level augmentation for pretraining: random resized crop (+ optional flip)."""
-    ops = [T.RandomResizedCrop(size, scale=tuple(augment.get("rrc_scale", (0.2, 1.0))),
+def pretrain_transform(size: int, augment):
+    """Image-level augmentation for pretraining (:class:`engine.plan.AugmentPlan`):
+    random resized crop (+ optional flip)."""
+    ops = [T.RandomResizedCrop(size, scale=tuple(augment.rrc_scale),
                                interpolation=T.InterpolationMode.BICUBIC)]
-    if augment.get("hflip", True):
+    if augment.hflip:
         ops.append(T.RandomHorizontalFlip())
     ops += [T.ToTensor(), T.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)]
     return T.Compose(ops)
 
 
+def read_split(dataset: str, root: Path, train: bool, transform=None):
+    """A classification data set's split: CIFAR-100's files or an ImageFolder."""
+    if dataset == "cifar100":
+        return CIFAR100Folder(root, train=train, transform=transform)
+    if dataset == "imagenet":
+        return build_imagefolder(root, "train" if train else "val", transform=transform)
+    raise ConfigError(f"classification data set must be cifar100 or imagenet, got {dataset!r}")
+
+
+def write_embedded_classification(dataset: str, data_cache: Path, **embedded) -> Path:
+    if dataset == "cifar100":
+        return ensure_embedded_cifar100(data_cache, **embedded)
+    return ensure_embedded_imagefolder(data_cache, **embedded)
+
+
+def embedded_train_size(embedded: dict) -> int:
+    return int(embedded["num_train"])
+
+
 class ClassificationTask(Task):
+    kind = "classification"
     metric_names = ("acc1",)
 
-    def __init__(self, cfg, data_root, cache_root):
-        super().__init__(cfg, data_root, cache_root)
-        self.dataset = cfg["dataset"]
+    def __init__(self, plan, cache_root):
+        super().__init__(plan, cache_root)
+        self.dataset = plan.data.dataset
         if self.dataset not in ("cifar100", "imagenet"):
             raise ConfigError(f"classification dataset must be cifar100 or imagenet, "
                               f"got {self.dataset!r}")
-        self.name = self.dataset
+        self.name = plan.task
 
     # ---------------------------------------------------------------- data
-    def write_embedded(self, data_cache, **embedded):
-        if self.dataset == "cifar100":
-            return ensure_embedded_cifar100(data_cache, **embedded)
-        return ensure_embedded_imagefolder(data_cache, **embedded)
+    def write_embedded(self, dataset, data_cache, **embedded):
+        return write_embedded_classification(dataset, data_cache, **embedded)
 
     def _split(self, train: bool, transform):
-        if self.dataset == "cifar100":
-            return CIFAR100Folder(self.root, train=train, transform=transform)
-        return build_imagefolder(self.root, "train" if train else "val", transform=transform)
+        return read_split(self.dataset, self.root, train, transform)
 
     def check_data(self) -> None:
         self._split(True, None)
         self._split(False, None)
 
+    def train_sizes(self):
+        d = self.plan.data
+        if d.root is None:
+            n = embedded_train_size(d.embedded) if d.embedded else None
+        else:
+            n = len(self._split(True, None))
+        return {"pretrain": n, "finetune": n}
+
     @property
     def img_size(self) -> int:
-        return self.cfg["encoder"]["img_size"]
+        return self.plan.encoder.img_size
 
     def pretrain_dataset(self):
-        tf = pretrain_transform(self.img_size, self.cfg["pretrain"].get("augment", {}))
+        tf = pretrain_transform(self.img_size, self.plan.pretrain.augment)
         return RunnerSamples(self._split(True, tf))
 
     def finetune_transforms(self):
-        ft = self.cfg["finetune"]
+        ft = self.plan.finetune
         train_tf = create_transform(
-            self.img_size, is_training=True, auto_augment=ft.get("rand_augment"),
-            re_prob=ft.get("reprob", 0.25), re_mode="pixel", re_count=1,
-            interpolation="bicubic", scale=tuple(ft.get("rrc_scale", (0.08, 1.0))),
-            color_jitter=ft.get("color_jitter", 0.3), hflip=ft.get("hflip", 0.5))
+            self.img_size, is_training=True, auto_augment=ft.rand_augment,
+            re_prob=ft.reprob, re_mode="pixel", re_count=1,
+            interpolation="bicubic", scale=tuple(ft.rrc_scale),
+            color_jitter=ft.color_jitter, hflip=ft.hflip)
+        crop = ft.eval_crop_pct if ft.eval_crop_pct is not None else (
+            0.875 if self.img_size >= 224 else 1.0)
         eval_tf = create_transform(self.img_size, is_training=False, interpolation="bicubic",
-                                   crop_pct=ft.get("eval_crop_pct", 0.875 if self.img_size >= 224 else 1.0))
+                                   crop_pct=crop)
         return train_tf, eval_tf
 
     # ---------------------------------------------------------------- run
-    def run(self, *, pretrained, work_dir, seed, method_name, finetune_pos_embed=True, log=print):
-        ft = dict(self.cfg["finetune"])
+    def run(self, *, pretrained, work_dir, log=print):
+        plan, ft = self.plan, self.plan.finetune
         train_tf, eval_tf = self.finetune_transforms()
         train_set = RunnerSamples(self._split(True, train_tf))
         test_base = self._split(False, eval_tf)
         num_classes = len(test_base.classes)
-        encoder = build_encoder(**{**self.encoder_cfg,
-                                   "pos_embed": "learn" if finetune_pos_embed else "none",
+        encoder = build_encoder(**{**plan.encoder.as_kwargs(),
+                                   "pos_embed": "learn" if ft.pos_embed else "none",
                                    "num_classes": num_classes,
-                                   "drop_path_rate": ft.get("drop_path", 0.1)})
+                                   "drop_path_rate": ft.drop_path})
         load_report = None
         if pretrained is not None:
             load_report = load_encoder_weights(encoder, Path(pretrained) / "encoder.pth", log=log)
-        model = ClassifierModel(encoder, num_classes, mixup=ft.get("mixup", 0.8),
-                                cutmix=ft.get("cutmix", 1.0), smoothing=ft.get("smoothing", 0.1))
+        model = ClassifierModel(encoder, num_classes, mixup=ft.mixup, cutmix=ft.cutmix,
+                                smoothing=ft.smoothing)
         runner = build_runner(
-            model, work_dir, train_set, seed=seed, epochs=ft["epochs"],
-            batch_size=ft["batch_size"], lr=ft["lr"], weight_decay=ft.get("weight_decay", 0.05),
-            warmup_epochs=ft.get("warmup_epochs", 5), min_lr=ft.get("min_lr", 1e-6),
-            layer_decay=ft.get("layer_decay"), num_workers=ft.get("num_workers", 2),
-            log_interval=ft.get("log_interval", 10),
+            model, work_dir, train_set, schedule=ft, batch_per_process=plan.finetune_batch(),
+            loader=plan.loader, seed=plan.seed,
             test_dataset=RunnerSamples(test_base), test_evaluator=dict(type="Top1Accuracy"),
             experiment_name="finetune")
         runner.train()

@@ -15,10 +15,10 @@ scenes are written once in that layout (:mod:`tasks.data.coco_synthetic`) and re
 the same readers. Categories and their ids always come from the annotation file.
 
 Pretraining (``pretrain_dataset``): ImageNet-format images with the encoder the
-detector starts from: ImageNet at ``pretrain_data.data_root`` when ``--data-root``
-(COCO's) is given, else the preset's embedded ImageFolder scenes. Its encoder and
-schedule equal the ``imagenet`` task's where the sizes match, so both tasks share one
-pretrained checkpoint.
+detector starts from, as the plan's ``pretrain_data`` says: ImageNet at
+``tasks.coco.pretrain_data.root``, else (tiny preset) the embedded ImageFolder scenes.
+Where encoder, schedule and images equal the ``imagenet`` task's, both tasks share one
+pretrained checkpoint (tiny); the paper preset pretrains COCO's encoder 200 epochs.
 """
 from __future__ import annotations
 
@@ -272,10 +272,15 @@ def evaluate_predictions(ann_file: Path, predictions: list[dict], classes=None) 
 # ---------------------------------------------------------------------------- task
 class CocoTask(Task):
     name = "coco"
+    kind = "detection"
     metric_names = ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75")
 
-    def write_embedded(self, data_cache, **embedded):
-        return ensure_embedded_coco(data_cache, **embedded)
+    def write_embedded(self, dataset, data_cache, **embedded):
+        if dataset == "coco":
+            return ensure_embedded_coco(data_cache, **embedded)
+        from .classification import write_embedded_classification
+
+        return write_embedded_classification(dataset, data_cache, **embedded)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -284,7 +289,7 @@ class CocoTask(Task):
     def check_data(self) -> None:
         """Before any pretraining: the layout, and both annotation files readable with
         the same categories (labels are indices into that list, so a mismatch would
-        silently mislabel every box)."""
+        silently mislabel every box); then the pretraining images."""
         check_coco_root(self.root)
         ann = self.root / "annotations"
         train, val = coco_classes(ann / "instances_train2017.json"), self.classes
@@ -293,39 +298,56 @@ class CocoTask(Task):
         if train != val:
             raise DataError(f"{ann}: instances_train2017.json and instances_val2017.json list "
                             f"different categories ({len(train)} vs {len(val)}); expected the same list")
-        self._pretrain_source().check_data()
+        self._pretrain_split(True, None)
+        self._pretrain_split(False, None)
 
-    # pretraining: ImageNet-format images at the detector's patch size
-    def _pretrain_source(self):
-        from .classification import ClassificationTask
+    # pretraining: ImageNet-format images (plan.pretrain_data) at the encoder's size
+    def _pretrain_split(self, train: bool, transform):
+        from .classification import read_split
 
-        pre = dict(self.cfg["pretrain_data"])
-        cfg = dict(dataset="imagenet", encoder=self.encoder_cfg, pretrain=self.pretrain_cfg,
-                   finetune={}, embedded=pre.get("embedded"))
-        root = pre.get("data_root") if self.data_root is not None else None
-        if self.data_root is not None and not root:
-            raise ConfigError("the coco task pretrains on ImageNet: set "
-                              "tasks.coco.pretrain_data.data_root (e.g. --cfg-options "
-                              "tasks.coco.pretrain_data.data_root=/data/imagenet)")
-        return ClassificationTask(cfg, root, self.cache_root)
+        pre = self.plan.pretrain_data
+        if pre.missing:
+            raise ConfigError(f"the {self.plan.task} task pretrains on {pre.dataset}: set "
+                              f"tasks.{self.plan.task}.pretrain_data.root (e.g. --cfg-options "
+                              f"tasks.{self.plan.task}.pretrain_data.root=/data/imagenet)")
+        return read_split(pre.dataset, self.resolve_root(pre), train, transform)
 
     def pretrain_dataset(self):
-        return self._pretrain_source().pretrain_dataset()
+        from .classification import pretrain_transform
 
-    def run(self, *, pretrained, work_dir, seed, method_name, finetune_pos_embed=True, log=print):
+        tf = pretrain_transform(self.plan.encoder.img_size, self.plan.pretrain.augment)
+        return RunnerSamples(self._pretrain_split(True, tf))
+
+    def train_sizes(self):
+        pre, data = self.plan.pretrain_data, self.plan.data
+        if pre.root:
+            n_pre = len(self._pretrain_split(True, None))
+        else:
+            n_pre = int(pre.embedded["num_train"]) if pre.embedded else None
+        n_ft = None
+        if data.root:
+            ann = Path(data.root) / "annotations" / "instances_train2017.json"
+            if ann.is_file():
+                n_ft = count_annotated_images(ann)
+        return {"pretrain": n_pre, "finetune": n_ft}
+
+    def run(self, *, pretrained, work_dir, log=print):
+        from dataclasses import asdict
+
         from engine.runner import build_runner
 
         from .vitdet import load_encoder_into_backbone
 
-        det, ft = dict(self.cfg["detector"]), dict(self.cfg["finetune"])
+        plan, ft = self.plan, self.plan.finetune
+        det = asdict(plan.detector)
+        encoder = plan.encoder.as_kwargs()
         _mmdet_scope()
         classes = self.classes
         size = det["img_size"]
         train_set = build_coco_dataset(self.root, "train", train_pipeline(
-            size, ft.get("resize_ratio", (0.1, 2.0)), ft.get("pad_val", 114), ft.get("hflip", 0.5)),
-            classes, ft.get("min_size", 0))
-        val_set = build_coco_dataset(self.root, "val", eval_pipeline(size, ft.get("pad_val", 114)), classes)
-        model = build_detector(det, self.encoder_cfg, len(classes), pos_embed=finetune_pos_embed)
+            size, ft.resize_ratio, ft.pad_val, ft.hflip), classes, ft.min_size)
+        val_set = build_coco_dataset(self.root, "val", eval_pipeline(size, ft.pad_val), classes)
+        model = build_detector(det, encoder, len(classes), pos_embed=ft.pos_embed)
         report = None
         if pretrained is not None:
             report = load_encoder_into_backbone(model.backbone, Path(pretrained) / "encoder.pth", log=log)
@@ -333,18 +355,24 @@ class CocoTask(Task):
             log("[load] no pretraining: the backbone starts from its random initialisation")
         metric = build_metric(self.root / "annotations" / "instances_val2017.json", classes)
         runner = build_runner(
-            model, work_dir, train_set, seed=seed, epochs=ft["epochs"], batch_size=ft["batch_size"],
-            lr=ft["lr"], weight_decay=ft.get("weight_decay", 0.1), betas=ft.get("betas", (0.9, 0.999)),
-            warmup_epochs=ft.get("warmup_epochs", 0), layer_decay=ft.get("layer_decay", 0.7),
-            lr_steps=tuple(ft.get("lr_steps", (163889 / 184375, 177546 / 184375))),
+            model, work_dir, train_set, schedule=ft, batch_per_process=plan.finetune_batch(),
+            loader=plan.loader, seed=plan.seed,
             optim_constructor="ViTDetLayerDecayConstructor", default_scope="mmdet",
-            num_workers=ft.get("num_workers", 2), log_interval=ft.get("log_interval", 20),
-            grad_clip=ft.get("grad_clip"), collate_fn="pseudo_collate",
-            test_dataset=val_set, test_evaluator=[metric], test_batch_size=ft.get("test_batch_size", 1),
-            experiment_name="coco")
+            collate_fn="pseudo_collate", test_dataset=val_set, test_evaluator=[metric],
+            test_batch_size=ft.test_batch_size, experiment_name="coco")
         runner.train()
         out = summarise_metrics(runner.test())
         if report is not None:
             out["new_keys"] = report["missing"]
             out["dropped_keys"] = report["dropped"]
         return out
+
+
+def count_annotated_images(ann_file: Path) -> int:
+    """Images with at least one annotation: what mmdet's ``filter_empty_gt`` trains on."""
+    try:
+        with open(ann_file) as f:
+            blob = json.load(f)
+        return len({a["image_id"] for a in blob.get("annotations", [])})
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"cannot read {ann_file}: {type(exc).__name__}: {exc}") from None

@@ -18,8 +18,8 @@ has its own, registered in ``mmdet.registry.MODELS``:
   ``out_channels``, plus a stride-2 max-pool of the coarsest level for the RPN.
 - :class:`ViTDetLayerDecayConstructor`: layer-wise lr decay for a detector:
   patch embedding and position embedding are layer 0, block i is layer i + 1,
-  the pyramid and heads are the top layer (scale 1); no weight decay on norms,
-  biases, position embeddings and relative position tables.
+  the pyramid and heads are the top layer (scale 1); weight decay on everything
+  but the blocks' norms and the position embedding (:func:`is_vitdet_no_decay`).
 - ``PartLN2d``: LayerNorm over channels of an NCHW map, usable as ``norm_cfg`` of
   mmdet's heads.
 """
@@ -283,6 +283,15 @@ def _layer_id(name: str, depth: int) -> int:
     return depth + 1
 
 
+def is_vitdet_no_decay(name: str) -> bool:
+    """ViTDet's weight-decay exemptions, as MMDetection's ViTDet project constructor
+    (``projects/ViTDet/vitdet/layer_decay_optimizer_constructor.py``) writes them: the
+    transformer blocks' norm layers and the absolute position embedding. Everything
+    else is decayed: biases, the relative position tables, the patch embedding, the
+    pyramid's and heads' norms."""
+    return (name.startswith("backbone.blocks.") and ".norm" in name) or "pos_embed" in name
+
+
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class ViTDetLayerDecayConstructor(DefaultOptimWrapperConstructor):
     """Layer-wise lr decay for a detector with a :class:`ViTDetBackbone` (see module
@@ -301,7 +310,7 @@ class ViTDetLayerDecayConstructor(DefaultOptimWrapperConstructor):
         for name, p in model.named_parameters():
             if not p.requires_grad:
                 continue
-            no_decay = p.ndim == 1 or name.endswith(("pos_embed", "rel_pos_h", "rel_pos_w"))
+            no_decay = is_vitdet_no_decay(name)
             layer = _layer_id(name, depth)
             g = groups.setdefault((layer, no_decay), dict(
                 params=[], lr=base_lr * decay ** (depth + 1 - layer),

@@ -1,6 +1,5 @@
 """COCO detection task: data layout, ViTDet backbone, checkpoint mapping, evaluator,
 and one Runner-driven training run of the tiny Mask R-CNN on CPU."""
-import copy
 import json
 import math
 
@@ -8,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.config import PRESETS, load_preset
+from engine.config import PRESETS
 from engine.errors import ConfigError, DataError
 from methods import build_method
 from tasks import TASKS, build_task
@@ -20,9 +19,19 @@ from tasks.vitdet import SimpleFeaturePyramid, ViTDetBackbone, load_encoder_into
 SIZE = 96
 
 
+def _plan(**kw):
+    from benchmarks.run import make_plan
+
+    return make_plan("part", "coco", **kw)
+
+
 @pytest.fixture(scope="module")
 def tiny():
-    return load_preset("tiny")["tasks"]["coco"]
+    """The tiny preset's resolved coco sections, as the detector builders take them."""
+    from dataclasses import asdict
+
+    plan = _plan()
+    return {"encoder": plan.encoder.as_kwargs(), "detector": asdict(plan.detector), "plan": plan}
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +79,7 @@ def test_missing_root_and_wrong_layout(tmp_path, coco_root, tiny):
     (tmp_path / "bad" / "val2017").mkdir()
     with pytest.raises(DataError, match="instances_train2017.json"):
         check_coco_root(tmp_path / "bad")
-    task = build_task("coco", load_preset("tiny")["tasks"], tmp_path / "nowhere", tmp_path)
+    task = build_task(_plan(data_root=tmp_path / "nowhere"), tmp_path)
     with pytest.raises(DataError):
         task.check_data()
     check_coco_root(coco_root)  # the generated layout passes
@@ -212,15 +221,16 @@ def test_one_training_iteration_on_cpu(coco_root, tiny):
 def test_task_run_through_the_runner(tmp_path, coco_root, tiny):
     """The task's own path: Runner (mmdet scope, layer decay, step schedule), a
     pretrained MAE encoder loaded by the mapping, CocoMetric at the end."""
-    cfg = copy.deepcopy(tiny)
-    cfg["finetune"].update(epochs=1, batch_size=4, num_workers=0, log_interval=1, test_batch_size=2)
-    task = CocoTask(cfg, coco_root, tmp_path)
+    plan = _plan(data_root=coco_root, cfg_options={
+        "tasks.coco.finetune.epochs": 1, "tasks.coco.finetune.global_batch_size": 4,
+        "tasks.coco.finetune.test_batch_size": 2, "tasks.coco.loader.num_workers": 0,
+        "tasks.coco.loader.log_interval": 1})
+    task = CocoTask(plan, tmp_path)
     folder = tmp_path / "pre"
     folder.mkdir()
-    path, _ = _save_encoder(tmp_path, "mae", cfg["encoder"])
+    path, _ = _save_encoder(tmp_path, "mae", tiny["encoder"])
     path.rename(folder / "encoder.pth")
-    metrics = task.run(pretrained=folder, work_dir=tmp_path / "work", seed=0, method_name="mae",
-                       log=lambda *_: None)
+    metrics = task.run(pretrained=folder, work_dir=tmp_path / "work", log=lambda *_: None)
     for key in ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "segm_mAP"):
         assert 0.0 <= metrics[key] <= 100.0
     assert metrics["new_keys"] == sorted(f"blocks.{i}.attn.rel_pos_{a}" for i in range(4) for a in "hw")
@@ -239,9 +249,21 @@ def test_layer_decay_groups(tiny):
     assert lr_of[id(model.backbone.patch_embed.proj.weight)] == pytest.approx(1e-4 * 0.7 ** (depth + 1))
     assert lr_of[id(model.backbone.blocks[depth - 1].mlp.fc1.weight)] == pytest.approx(1e-4 * 0.7)
     assert lr_of[id(model.rpn_head.rpn_cls.weight)] == pytest.approx(1e-4)
+    # ViTDet's exemptions (MMDetection's ViTDet project): the blocks' norms and the
+    # absolute position embedding only; biases, relative position tables, the patch
+    # embedding and the pyramid's norms are decayed
     assert wd_of[id(model.backbone.pos_embed)] == 0.0
-    assert wd_of[id(model.backbone.blocks[0].attn.rel_pos_h)] == 0.0
+    assert wd_of[id(model.backbone.blocks[0].norm1.weight)] == 0.0
+    assert wd_of[id(model.backbone.blocks[depth - 1].norm2.bias)] == 0.0
+    assert wd_of[id(model.backbone.blocks[0].attn.rel_pos_h)] == 0.1
     assert wd_of[id(model.backbone.blocks[0].attn.qkv.weight)] == 0.1
+    assert wd_of[id(model.backbone.blocks[0].attn.qkv.bias)] == 0.1
+    assert wd_of[id(model.backbone.patch_embed.proj.bias)] == 0.1
+    neck_norms = [p for n, p in model.neck.named_parameters() if "norm" in n or "ln" in n.lower()]
+    assert neck_norms and all(wd_of[id(p)] == 0.1 for p in neck_norms)
+    no_decay = {n for n, p in model.named_parameters() if wd_of[id(p)] == 0.0}
+    assert no_decay == {n for n, _ in model.named_parameters()
+                        if (n.startswith("backbone.blocks.") and ".norm" in n) or "pos_embed" in n}
     assert len(lr_of) == sum(1 for p in model.parameters() if p.requires_grad)
 
 
@@ -255,11 +277,11 @@ def test_table2_cells_come_from_recorded_runs(tmp_path):
         f'_base_ = ["{(PRESETS / "tiny.py").as_posix()}"]\n'
         'preset = "table2check"\n'
         'tasks = dict(coco=dict(\n'
-        '    pretrain=dict(epochs=1, batch_size=16, num_workers=0, warmup_epochs=0),\n'
+        '    pretrain=dict(epochs=1, global_batch_size=16, warmup_epochs=0),\n'
         '    pretrain_data=dict(embedded=dict(num_train=40, num_val=10)),\n'
-        '    finetune=dict(epochs=1, batch_size=4, num_workers=0, warmup_epochs=0, log_interval=1,\n'
-        '                  test_batch_size=4),\n'
-        '    embedded=dict(num_train=8, num_val=4)))\n')
+        '    finetune=dict(epochs=1, global_batch_size=4, warmup_epochs=0, test_batch_size=4),\n'
+        '    loader=dict(num_workers=0, log_interval=1),\n'
+        '    data=dict(embedded=dict(num_train=8, num_val=4))))\n')
     csv = fill("table2", str(preset), seeds=1, run=True, cache=tmp_path / "cache", out_root=tmp_path)
     import pandas as pd
 
@@ -281,21 +303,26 @@ def test_table2_cells_come_from_recorded_runs(tmp_path):
 
 
 def test_paper_schedule_is_vitdets_scaled_to_12_epochs():
-    """The paper preset's 1x on 8 GPUs x 8 images, COCO train2017 with empty images
+    """The paper preset's 1x on 8 GPUs, global batch 64, COCO train2017 with empty images
     filtered (117,266): hand-computed iterations, warmup and lr drops."""
+    from engine.plan import iters_per_epoch
     from engine.runner import lr_schedule
 
-    ft = load_preset("paper")["tasks"]["coco"]["finetune"]
-    sched = lr_schedule(117266, epochs=ft["epochs"], batch_size=ft["batch_size"], world_size=8,
-                        warmup_epochs=ft["warmup_epochs"], lr_steps=ft["lr_steps"])
-    # ceil(117266 / 64) = 1833 iterations per epoch, 12 epochs = 21996 (ViTDet's 100 epochs
-    # are 184375 at batch 64); warmup 250 of 184375 -> 21996 * 250 / 184375 = 29.8 -> 30;
-    # drops at 163889 / 184375 and 177546 / 184375 of 21996 = 19552.0 and 21181.3.
+    plan = _plan(preset="paper", world_size=8)
+    ft = plan.finetune
+    assert (ft.global_batch_size, plan.finetune_batch()) == (64, 8)
+    iters = iters_per_epoch(117266, plan.finetune_batch(), 8)
+    sched = lr_schedule(iters, ft)
+    # each rank reads ceil(117266 / 8) = 14659 images, 1832 full batches of 8 (the last
+    # partial one dropped); 12 epochs = 21984 iterations (ViTDet's 100 epochs are 184375
+    # at batch 64); warmup 250 of 184375 -> 21984 * 250 / 184375 = 29.8 -> 30; drops at
+    # 163889 / 184375 and 177546 / 184375 of 21984 = 19541.3 and 21169.7.
+    assert iters == 1832
     assert sched == [
         dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=30),
-        dict(type="MultiStepLR", by_epoch=False, begin=0, end=21996, milestones=[19552, 21181],
+        dict(type="MultiStepLR", by_epoch=False, begin=0, end=21984, milestones=[19541, 21170],
              gamma=0.1)]
-    assert (ft["lr"], ft["weight_decay"], ft["layer_decay"], ft["resize_ratio"]) == (1e-4, 0.1, 0.7, (0.1, 2.0))
+    assert (ft.lr, ft.weight_decay, ft.layer_decay, ft.resize_ratio) == (1e-4, 0.1, 0.7, (0.1, 2.0))
 
 
 def test_corrupt_or_mismatched_annotations_fail_before_pretraining(tmp_path, coco_root, tiny):
@@ -305,7 +332,7 @@ def test_corrupt_or_mismatched_annotations_fail_before_pretraining(tmp_path, coc
     shutil.copytree(coco_root, root)
     ann = root / "annotations" / "instances_train2017.json"
     good = ann.read_text()
-    task = CocoTask(copy.deepcopy(tiny), root, tmp_path / "cache")
+    task = CocoTask(_plan(data_root=root), tmp_path / "cache")
     ann.write_text(good[:300])  # truncated download
     with pytest.raises(DataError, match="instances_train2017.json: JSONDecodeError"):
         task.check_data()

@@ -6,17 +6,16 @@ from pathlib import Path
 import pytest
 
 from benchmarks.run import run_cell
-from engine.config import load_preset, resolve_cell
+from benchmarks.run import data_identities, make_plan
 from engine.pretrain import pretrain_key
 from methods import METHODS
-from tasks import build_task
 
 TINY = {
-    "tasks.cifar100.embedded.num_train": 128, "tasks.cifar100.embedded.num_test": 64,
-    "tasks.cifar100.pretrain.epochs": 1, "tasks.cifar100.pretrain.num_workers": 0,
-    "tasks.cifar100.pretrain.batch_size": 32,
-    "tasks.cifar100.finetune.epochs": 1, "tasks.cifar100.finetune.num_workers": 0,
-    "tasks.cifar100.finetune.batch_size": 32,
+    "tasks.cifar100.data.embedded.num_train": 128, "tasks.cifar100.data.embedded.num_test": 64,
+    "tasks.cifar100.pretrain.epochs": 1, 
+    "tasks.cifar100.pretrain.global_batch_size": 32,
+    "tasks.cifar100.finetune.epochs": 1, "tasks.cifar100.loader.num_workers": 0,
+    "tasks.cifar100.finetune.global_batch_size": 32,
 }
 
 EXPECTED_NEW = {
@@ -54,28 +53,25 @@ def test_labelled_baselines_are_ordinary_rows(method, has_pos_embed, tmp_path_fa
     rec = run_cell(method, "cifar100", preset="tiny", cache=cache,
                    out=tmp_path_factory.mktemp("runs"), cfg_options=TINY, log=lambda *_: None)
     assert rec["pretrained_checkpoint"] is None and "new_keys" not in rec["metrics"]
-    assert rec["config"]["task"]["finetune"]["epochs"] == 1
-    cfg = load_preset("tiny", TINY)
-    cell = resolve_cell(cfg, method, build_task("cifar100", cfg["tasks"], None, cache))
-    assert cell["finetune_pos_embed"] is has_pos_embed and cell["pretrains"] is False
+    assert rec["plan"]["finetune"]["epochs"] == 1
+    plan = make_plan(method, "cifar100", cfg_options=TINY)
+    assert plan.finetune.pos_embed is has_pos_embed and plan.method.pretrains is False
 
 
 def test_rows_that_differ_only_in_finetuning_share_one_pretraining(tmp_path):
-    cfg = load_preset("tiny")
-    task = build_task("cifar100", cfg["tasks"], None, tmp_path)
     keys = {}
     for m in ("mp3", "mp3-nope", "part", "part-grid"):
-        cell = resolve_cell(cfg, m, task)
-        keys[m] = pretrain_key(m, cell["method_cfg"], task.pretrain_cfg, "tiny", 0)
+        plan = make_plan(m, "cifar100")
+        keys[m] = pretrain_key(plan, data_identities(plan)["pretrain"])
     assert keys["mp3"] == keys["mp3-nope"]
     assert keys["part"] != keys["part-grid"]
 
 
 def test_imagenet_task_reads_its_imagefolder(tmp_path):
-    opts = {"tasks.imagenet.embedded.num_train": 64, "tasks.imagenet.embedded.num_val": 30,
-            "tasks.imagenet.pretrain.epochs": 1, "tasks.imagenet.pretrain.num_workers": 0,
-            "tasks.imagenet.pretrain.batch_size": 32, "tasks.imagenet.finetune.epochs": 1,
-            "tasks.imagenet.finetune.num_workers": 0, "tasks.imagenet.finetune.batch_size": 32}
+    opts = {"tasks.imagenet.data.embedded.num_train": 64, "tasks.imagenet.data.embedded.num_val": 30,
+            "tasks.imagenet.pretrain.epochs": 1, 
+            "tasks.imagenet.pretrain.global_batch_size": 32, "tasks.imagenet.finetune.epochs": 1,
+            "tasks.imagenet.loader.num_workers": 0, "tasks.imagenet.finetune.global_batch_size": 32}
     rec = run_cell("part", "imagenet", preset="tiny", cache=tmp_path, out=tmp_path / "runs",
                    cfg_options=opts, log=lambda *_: None)
     assert rec["metrics"]["new_keys"] == ["head.bias", "head.weight", "pos_embed"]

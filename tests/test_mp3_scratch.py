@@ -3,7 +3,6 @@ import pytest
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from engine.config import resolve_cell
 from methods import METHODS, build_method
 from methods.backbone import build_encoder
 from methods.mp3 import MP3, key_attention_mask, sample_key_mask
@@ -190,21 +189,15 @@ def test_encoder_state_dict_transfers_to_a_finetuning_encoder():
     assert res.unexpected_keys == []
 
 
-def test_registry_variants_and_finetune_pos_embed():
-    assert METHODS["mp3-nope"][0] is MP3 and METHODS["scratch-nope"][0] is Scratch
-    assert build_method("mp3", encoder=ENC).finetune_pos_embed is True
-    assert build_method("mp3-nope", encoder=ENC).finetune_pos_embed is False
-    assert build_method("scratch-nope", encoder=ENC).finetune_pos_embed is False
+def test_registry_variants_are_finetuning_options():
+    from benchmarks.run import make_plan
 
-    class _Task:
-        cfg = {}
-        encoder_cfg = ENC
-
-    cfg = {"_preset_methods": {}, "methods": {}}
+    assert METHODS["mp3-nope"].cls is MP3 and METHODS["scratch-nope"].cls is Scratch
     for name, pretrains, pe in [("mp3", True, True), ("mp3-nope", True, False),
                                 ("scratch", False, True), ("scratch-nope", False, False)]:
-        cell = resolve_cell(cfg, name, _Task())
-        assert cell["pretrains"] is pretrains and cell["finetune_pos_embed"] is pe, name
+        plan = make_plan(name, "cifar100")
+        assert plan.method.pretrains is pretrains and plan.finetune.pos_embed is pe, name
+        assert plan.sources.get("finetune.pos_embed") == (None if pe else "registry")
 
 
 def test_scratch_does_not_pretrain():

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.run import pretrained_method, run_cell
-from engine.config import load_preset, resolve_cell
+from benchmarks.run import data_identities, make_plan, pretrained_method, run_cell
 from engine.errors import ConfigError, DataError, TrainingError
 from engine.pretrain import atomic_torch_save, ensure_pretrained
 from methods import build_method
@@ -21,24 +20,29 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Small enough for the test budget, large enough for a learning signal.
 SMALL = {
-    "tasks.cifar100.embedded.num_train": 1024, "tasks.cifar100.embedded.num_test": 128,
-    "tasks.cifar100.pretrain.epochs": 5, "tasks.cifar100.pretrain.num_workers": 0,
+    "tasks.cifar100.data.embedded.num_train": 1024, "tasks.cifar100.data.embedded.num_test": 128,
+    "tasks.cifar100.pretrain.epochs": 5, 
     "tasks.cifar100.pretrain.warmup_epochs": 0.5,
-    "tasks.cifar100.finetune.epochs": 1, "tasks.cifar100.finetune.num_workers": 0,
-    "tasks.pretext.max_images": 128,
+    "tasks.cifar100.finetune.epochs": 1, "tasks.cifar100.loader.num_workers": 0,
+    "tasks.pretext.evaluation.max_images": 128,
 }
 
 
 LEARN = {**SMALL, "tasks.cifar100.pretrain.epochs": 8}
 
 
+def _pretrain(method, task_name, cache: Path, cfg_options, seed: int = 0):
+    """(task, pretrained folder) of a tiny-preset plan."""
+    plan = make_plan(method, task_name, seed=seed, cfg_options=cfg_options)
+    task = build_task(plan, cache)
+    folder = ensure_pretrained(plan, task.pretrain_dataset(), data_identities(plan)["pretrain"],
+                               cache, log=lambda *_: None)
+    return task, folder
+
+
 def _pretrain_and_score(cache: Path, seed: int = 0):
-    cfg = load_preset("tiny", LEARN)
-    task = build_task("pretext", cfg["tasks"], None, cache)
-    cell = resolve_cell(cfg, "part", task)
-    folder = ensure_pretrained("part", cell["method_cfg"], task.pretrain_cfg,
-                               task.pretrain_dataset(), cache, "tiny", seed)
-    return task.run(pretrained=folder, work_dir=cache / "eval", seed=seed, method_name="part"), folder
+    task, folder = _pretrain("part", "pretext", cache, LEARN, seed)
+    return task.run(pretrained=folder, work_dir=cache / "eval"), folder
 
 
 def test_part_learns_relative_positions_and_a_shuffled_pairing_does_not(tmp_path, monkeypatch):
@@ -63,13 +67,9 @@ def test_part_learns_relative_positions_and_a_shuffled_pairing_does_not(tmp_path
         return self.head(self.embed(images, boxes), pairs[:, perm])
 
     monkeypatch.setattr(PART, "predict", shuffled_pairing_predict)
-    cfg = load_preset("tiny", LEARN)
-    task = build_task("pretext", cfg["tasks"], None, tmp_path / "broken")
-    cell = resolve_cell(cfg, "part", task)
-    broken = ensure_pretrained("part", cell["method_cfg"], task.pretrain_cfg,
-                               task.pretrain_dataset(), tmp_path / "broken", "tiny", 0)
+    task, broken = _pretrain("part", "pretext", tmp_path / "broken", LEARN)
     monkeypatch.undo()
-    bad = task.run(pretrained=broken, work_dir=tmp_path / "eval2", seed=0, method_name="part")
+    bad = task.run(pretrained=broken, work_dir=tmp_path / "eval2")
     print("learned:", metrics, "shuffled pairing:", bad)
     assert bad["err_euclid"] > 0.5 * bad["const_err_euclid"], bad
 
@@ -81,13 +81,17 @@ def test_run_cell_end_to_end_writes_a_record_and_reuses_the_checkpoint(tmp_path)
                    log=logs.append)
     path = Path(rec["path"])
     on_disk = json.loads(path.read_text())
-    assert path.name == "part__cifar100__seed0.json"
+    # the command line changed the schedule: the record is named by that variant
+    assert path.name == ("part[finetune.epochs=1,pretrain.epochs=1,pretrain.warmup_epochs=0.5]"
+                         "__cifar100__seed0.json")
     assert 0.0 <= on_disk["metrics"]["acc1"] <= 100.0
     # only the new position embedding and classifier head were freshly initialised
     assert on_disk["metrics"]["new_keys"] == ["head.bias", "head.weight", "pos_embed"]
-    for key in ("config", "versions", "git", "hardware", "wall_time_s", "preset", "seed"):
+    for key in ("plan", "sources", "data", "versions", "git", "hardware", "wall_time_s", "preset",
+                "seed"):
         assert key in on_disk
-    assert on_disk["versions"]["timm"] and on_disk["config"]["method"]["num_pairs"] == 2048
+    assert on_disk["versions"]["timm"] and on_disk["plan"]["method"]["num_pairs"] == 2048
+    assert on_disk["sources"]["pretrain.epochs"] == "command line"
     assert not list(path.parent.glob(".*.tmp"))
     # same (method, config, preset, seed): the pretrained checkpoint is reused
     logs.clear()
@@ -124,12 +128,8 @@ def test_nan_loss_stops_with_one_clear_error(tmp_path, monkeypatch):
         return {"loss": loss}
 
     monkeypatch.setattr(PART, "forward", nan_forward)
-    cfg = load_preset("tiny", SMALL)
-    task = build_task("cifar100", cfg["tasks"], None, tmp_path)
-    cell = resolve_cell(cfg, "part", task)
     with pytest.raises(TrainingError, match="loss became nan at iteration 1"):
-        ensure_pretrained("part", cell["method_cfg"], task.pretrain_cfg, task.pretrain_dataset(),
-                          tmp_path, "tiny", 0)
+        _pretrain("part", "cifar100", tmp_path, SMALL)
     assert not list(tmp_path.glob("pretrain/*/encoder.pth"))
 
 
@@ -138,10 +138,9 @@ def test_interrupted_pretraining_resumes_from_its_last_epoch(tmp_path, monkeypat
     checkpoint through torch's weights-only unpickler)."""
     from mmengine.runner import Runner
 
-    cfg = load_preset("tiny", {**SMALL, "tasks.cifar100.pretrain.epochs": 2,
-                               "tasks.cifar100.embedded.num_train": 256})
-    task = build_task("cifar100", cfg["tasks"], None, tmp_path)
-    cell = resolve_cell(cfg, "part", task)
+    opts = {**SMALL, "tasks.cifar100.pretrain.epochs": 2,
+            "tasks.cifar100.data.embedded.num_train": 256}
+
     class Killed(Exception):
         pass
 
@@ -153,8 +152,7 @@ def test_interrupted_pretraining_resumes_from_its_last_epoch(tmp_path, monkeypat
 
     monkeypatch.setattr(FiniteLossHook, "after_train_iter", kill_in_epoch_two)
     with pytest.raises(Killed):
-        ensure_pretrained("part", cell["method_cfg"], task.pretrain_cfg, task.pretrain_dataset(),
-                          tmp_path, "tiny", 0)
+        _pretrain("part", "cifar100", tmp_path, opts)
     monkeypatch.undo()
     starts = []
 
@@ -165,23 +163,20 @@ def test_interrupted_pretraining_resumes_from_its_last_epoch(tmp_path, monkeypat
 
     original_resume = Runner.resume
     monkeypatch.setattr(Runner, "resume", spy_resume)
-    folder = ensure_pretrained("part", cell["method_cfg"], task.pretrain_cfg,
-                               task.pretrain_dataset(), tmp_path, "tiny", 0)
+    _, folder = _pretrain("part", "cifar100", tmp_path, opts)
     assert starts == [1], "resumed after the finished first epoch"
     assert (folder / "encoder.pth").exists()
 
 
 def test_paper_preset_resolves_and_builds_its_models(tmp_path):
-    cfg = load_preset("paper")
     for task_name, dim, tokens, pairs in (("cifar100", 384, 64, 2048), ("imagenet", 768, 196, 4802)):
-        task = build_task(task_name, cfg["tasks"], "/nonexistent", tmp_path)
-        cell = resolve_cell(cfg, "part", task)
-        assert cell["variant"] == "" and cell["method_cfg"]["num_pairs"] == pairs
-        model = build_method("part", **cell["method_cfg"])
+        plan = make_plan("part", task_name, preset="paper", data_root="/nonexistent")
+        assert plan.variant == "" and plan.method.config["num_pairs"] == pairs
+        model = build_method("part", encoder=plan.encoder.as_kwargs(), **plan.method.config)
         assert model.encoder.embed_dim == dim and model.num_patches == tokens
         assert len(model.encoder.blocks) == 12 and model.encoder.pos_embed is None
-        assert task.pretrain_cfg["epochs"] == (1000 if task_name == "cifar100" else 400)
-        assert cfg["tasks"][task_name]["finetune"]["epochs"] == (400 if task_name == "cifar100" else 300)
+        assert plan.pretrain.epochs == (1000 if task_name == "cifar100" else 400)
+        assert plan.finetune.epochs == (400 if task_name == "cifar100" else 300)
         del model
 
 
@@ -228,8 +223,12 @@ def test_finetuning_starts_from_the_pretrained_weights(tmp_path):
     enc = build_encoder("vit_micro", img_size=32, patch_size=4, pos_embed="learn", num_classes=10)
     load_encoder_weights(enc, tmp_path / "encoder.pth", log=lambda *_: None)
     data = [(torch.randn(3, 32, 32), i % 10) for i in range(16)]
+    from engine.plan import FinetunePlan, LoaderPlan
+
+    schedule = FinetunePlan(epochs=1, global_batch_size=8, base_lr=0.0, weight_decay=0.0,
+                            warmup_epochs=0, repeated_aug=1)
     runner = build_runner(ClassifierModel(enc, 10), tmp_path / "work", RunnerSamples(data),
-                          epochs=1, batch_size=8, lr=0.0, weight_decay=0.0, num_workers=0)
+                          schedule=schedule, batch_per_process=8, loader=LoaderPlan(num_workers=0))
     runner.train()
     after = runner.model.encoder.state_dict()
     for k, v in method.encoder_state_dict().items():
@@ -237,15 +236,12 @@ def test_finetuning_starts_from_the_pretrained_weights(tmp_path):
 
 
 def test_mae_keeps_its_fixed_sincos_position_embedding_through_pretraining(tmp_path):
-    cfg = load_preset("tiny", {**SMALL, "tasks.cifar100.embedded.num_train": 64,
-                               "tasks.cifar100.pretrain.epochs": 1,
-                               "tasks.cifar100.pretrain.batch_size": 32})
-    task = build_task("cifar100", cfg["tasks"], None, tmp_path)
-    cell = resolve_cell(cfg, "mae", task)
-    folder = ensure_pretrained("mae", cell["method_cfg"], task.pretrain_cfg,
-                               task.pretrain_dataset(), tmp_path, "tiny", 0)
+    opts = {**SMALL, "tasks.cifar100.data.embedded.num_train": 64,
+            "tasks.cifar100.pretrain.epochs": 1, "tasks.cifar100.pretrain.global_batch_size": 32}
+    task, folder = _pretrain("mae", "cifar100", tmp_path, opts)
     saved = torch.load(folder / "encoder.pth", weights_only=True)["state_dict"]["pos_embed"]
-    fresh = build_method("mae", **cell["method_cfg"]).encoder.pos_embed
+    plan = task.plan
+    fresh = build_method("mae", encoder=plan.encoder.as_kwargs(), **plan.method.config).encoder.pos_embed
     torch.testing.assert_close(saved, fresh.detach())
 
 
@@ -253,10 +249,10 @@ def test_torchrun_two_processes_train_and_write_one_record(tmp_path):
     """DDP through torchrun (gloo on CPU): each rank sees half the batches per epoch,
     the test metric is gathered, and one record is written."""
     torchrun = Path(sys.executable).parent / "torchrun"
-    opts = ["tasks.cifar100.embedded.num_train=256", "tasks.cifar100.embedded.num_test=64",
+    opts = ["tasks.cifar100.data.embedded.num_train=256", "tasks.cifar100.data.embedded.num_test=64",
             "tasks.cifar100.pretrain.epochs=1", "tasks.cifar100.finetune.epochs=1",
             "tasks.cifar100.pretrain.num_workers=0", "tasks.cifar100.finetune.num_workers=0",
-            "tasks.cifar100.pretrain.batch_size=32", "tasks.cifar100.finetune.batch_size=32"]
+            "tasks.cifar100.pretrain.global_batch_size=32", "tasks.cifar100.finetune.global_batch_size=32"]
     res = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "benchmarks.run",
                           "--method", "part", "--task", "cifar100", "--cache", str(tmp_path / "c"),
                           "--out", str(tmp_path / "runs"), "--cfg-options", *opts],

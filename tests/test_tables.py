@@ -10,8 +10,8 @@ from engine.records import write_record
 
 
 def _write(runs, method, task, seed, metrics, overrides=None):
-    path = cell_record_path(method, task, preset="tiny", seed=seed, method_overrides=overrides,
-                            out=runs)
+    row = {f"method.{k}": v for k, v in (overrides or {}).items()}
+    path = cell_record_path(method, task, preset="tiny", seed=seed, row=row, out=runs)
     write_record({"method": method, "task": task, "seed": seed, "metrics": metrics}, path)
     return path
 
