@@ -148,13 +148,14 @@ class FinetunePlan(_Schedule):
 # layer below the preset, so a preset's epochs/batch hold whichever recipe is chosen.
 FINETUNE_RECIPES: dict[str, dict] = {
     "deit": {},
-    # MAE's ViT-B finetuning (FINETUNE.md / main_finetune.py): blr 5e-4 x batch/256,
-    # layer decay 0.65, min lr 1e-6, no repeated augmentation; it pools globally,
-    # which this suite does not (our choice: [CLS], as PART's paper).
+    # MAE's ViT-B finetuning (FINETUNE.md; main_finetune.py's defaults): blr 5e-4 x
+    # batch/256, layer decay 0.65, min lr 1e-6, no repeated augmentation; it pools
+    # globally, which this suite does not (our choice: [CLS], as PART's paper).
     "mae": dict(base_lr=5e-4, lr_reference_batch=256, layer_decay=0.65, min_lr=1e-6,
                 repeated_aug=1),
-    # DropPos's finetuning as in ../shared/REFERENCE.md: blr 1e-3 x batch/256, layer
-    # decay 0.75, min lr 1e-6, no repeated augmentation.
+    # DropPos's ViT-B finetuning (scripts/finetune_base.sh and main_finetune.py's
+    # defaults): blr 1e-3 x batch/256, layer decay 0.75, warmup 5, min lr 1e-6, a plain
+    # random sampler (no repeated augmentation); it also pools globally.
     "droppos": dict(base_lr=1e-3, lr_reference_batch=256, layer_decay=0.75, min_lr=1e-6,
                     repeated_aug=1),
 }

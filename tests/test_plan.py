@@ -293,3 +293,55 @@ def test_dry_run_counts_a_real_root(tmp_path):
     assert (it["num_images"], it["count"], it["per_epoch"], it["total"]) == (64, "counted", 4, 24)
     assert info["checkpoint"]["key"].startswith("part-s0-") and not info["missing_data"]
     assert not (tmp_path / "cache").exists()
+
+
+# --------------------------------------------------------------------------- resume
+def _interrupt_then_rerun(tmp_path, monkeypatch, method, task, killed_on, reruns, opts):
+    """Kill a run in its second finetuning epoch on ``killed_on``, then rerun the same
+    command on each of ``reruns``; returns the reruns' '[run] ...' lines and the epoch
+    each of their training loops started at."""
+    from mmengine.runner import EpochBasedTrainLoop
+
+    from benchmarks.run import run_cell
+    from engine.runner import FiniteLossHook
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_epoch_two(self, runner, batch_idx, data_batch=None, outputs=None):
+        if runner.epoch == 1:
+            raise Killed()
+
+    kw = dict(cache=tmp_path / "cache", out=tmp_path / "runs", cfg_options=opts)
+    with monkeypatch.context() as m:
+        m.setattr(FiniteLossHook, "after_train_iter", kill_in_epoch_two)
+        with pytest.raises(Killed):
+            run_cell(method, task, data_root=killed_on, log=lambda *_: None, **kw)
+    started_at = []  # the epoch each training loop starts from (after any resume)
+    original = EpochBasedTrainLoop.run
+
+    def spy(self):
+        started_at.append(self.epoch)
+        return original(self)
+
+    monkeypatch.setattr(EpochBasedTrainLoop, "run", spy)
+    lines = []
+    for root in reruns:
+        logs = []
+        run_cell(method, task, data_root=root, log=logs.append, **kw)
+        lines.append(next(line for line in logs if line.startswith("[run] ")))
+    return lines, started_at
+
+
+def test_an_interrupted_finetuning_resumes_only_on_its_own_data(tmp_path, monkeypatch):
+    a, b = _cifar_root(tmp_path, "a", 0), _cifar_root(tmp_path, "b", 1)
+    opts = {"tasks.cifar100.pretrain.epochs": 1, "tasks.cifar100.finetune.epochs": 2,
+            "tasks.cifar100.pretrain.global_batch_size": 32,
+            "tasks.cifar100.finetune.global_batch_size": 32, "tasks.cifar100.loader.num_workers": 0}
+    lines, started_at = _interrupt_then_rerun(tmp_path, monkeypatch, "part", "cifar100", a, (b, a),
+                                              opts)
+    assert lines[0].startswith("[run] starting cifar100"), lines   # other data: from the start
+    assert lines[1].startswith("[run] resuming cifar100"), lines   # its own data: resumes
+    # b: its own pretraining and a finetuning from epoch 0; a: cached pretraining, and
+    # the killed finetuning continued after its finished first epoch
+    assert started_at == [0, 0, 1]
