@@ -33,7 +33,8 @@ from .base import RunnerSamples, Task
 from .data.coco_synthetic import COCO_LAYOUT, ensure_embedded_coco
 
 __all__ = ["CocoTask", "coco_classes", "check_coco_root", "build_detector_cfg", "train_pipeline",
-           "eval_pipeline", "build_coco_dataset", "summarise_metrics", "evaluate_predictions"]
+           "eval_pipeline", "build_coco_dataset", "summarise_metrics", "evaluate_predictions",
+           "build_evaluators"]
 
 METRIC_KEYS = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")
 
@@ -91,10 +92,15 @@ def train_pipeline(size: int, ratio_range=(0.1, 2.0), pad_val: int = 114, hflip:
 
 
 def eval_pipeline(size: int, pad_val: int = 114):
+    """Resize the longer side to ``size`` and pad to ``size`` x ``size`` like training's
+    input, recording the *content* shape as ``img_shape`` (:class:`tasks.vitdet.PadKeepImageShape`):
+    the test path clips boxes to it, so none reaches into the padding, which lies
+    outside the original image. Annotations are loaded after resizing, in original
+    coordinates, as mmdet's test pipelines do (CocoMetric reads the file anyway)."""
     return [
         dict(type="LoadImageFromFile", backend_args=None),
         dict(type="Resize", scale=(size, size), keep_ratio=True),
-        dict(type="Pad", size=(size, size), pad_val=dict(img=(pad_val,) * 3)),
+        dict(type="PadKeepImageShape", size=(size, size), pad_val=dict(img=(pad_val,) * 3)),
         dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
         dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape",
                                               "scale_factor")),
@@ -162,7 +168,7 @@ def build_detector_cfg(det: dict, encoder: dict, num_classes: int, pos_embed: bo
             loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=True, loss_weight=1.0),
             loss_bbox=dict(type="L1Loss", loss_weight=1.0)),
         roi_head=dict(
-            type="StandardRoIHead",
+            type="ValidBoxRoIHead",  # drops non-finite / empty boxes before mask pasting
             bbox_roi_extractor=dict(type="SingleRoIExtractor",
                                     roi_layer=dict(type="RoIAlign", output_size=7, sampling_ratio=sampling),
                                     out_channels=ch, featmap_strides=strides[:-1],
@@ -171,7 +177,7 @@ def build_detector_cfg(det: dict, encoder: dict, num_classes: int, pos_embed: bo
                            num_shared_fcs=det.get("bbox_fcs", 1), in_channels=ch, conv_out_channels=ch,
                            fc_out_channels=det["fc_channels"], roi_feat_size=7, num_classes=num_classes,
                            norm_cfg=norm,
-                           bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4,
+                           bbox_coder=dict(type="FiniteDeltaXYWHBBoxCoder", target_means=[0.0] * 4,
                                            target_stds=[0.1, 0.1, 0.2, 0.2]),
                            reg_class_agnostic=False,
                            loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
@@ -238,7 +244,7 @@ def summarise_metrics(raw: dict) -> dict:
     """CocoMetric's ``coco/bbox_mAP`` (fraction) -> ``bbox_mAP`` (%). A metric that
     CocoMetric could not compute because no image has any prediction is 0.0; one that
     pycocotools marks -1 (no ground truth in that size bucket) is undefined and left
-    out, not scored as 0."""
+    out, not scored as 0. ``dropped_pred_boxes`` (a count) is passed on when present."""
     out = {}
     for kind in ("bbox", "segm"):
         for key in METRIC_KEYS:
@@ -247,6 +253,8 @@ def summarise_metrics(raw: dict) -> dict:
                 out[f"{kind}_{key}"] = 0.0
             elif value >= 0:
                 out[f"{kind}_{key}"] = round(100.0 * float(value), 2)
+    if "pred/dropped_pred_boxes" in raw:
+        out["dropped_pred_boxes"] = int(raw["pred/dropped_pred_boxes"])
     return out
 
 
@@ -258,6 +266,14 @@ def build_metric(ann_file: Path, classes=None):
                         backend_args=None)
     metric.dataset_meta = dict(classes=tuple(classes or coco_classes(ann_file)))
     return metric
+
+
+def build_evaluators(ann_file: Path, classes=None) -> list:
+    """What the task's test loop runs: CocoMetric, and the count of predicted boxes the
+    detector's test path dropped (:class:`tasks.vitdet.DroppedBoxesMetric`)."""
+    from .vitdet import DroppedBoxesMetric
+
+    return [build_metric(ann_file, classes), DroppedBoxesMetric()]
 
 
 def evaluate_predictions(ann_file: Path, predictions: list[dict], classes=None) -> dict:
@@ -353,12 +369,12 @@ class CocoTask(Task):
             report = load_encoder_into_backbone(model.backbone, Path(pretrained) / "encoder.pth", log=log)
         else:
             log("[load] no pretraining: the backbone starts from its random initialisation")
-        metric = build_metric(self.root / "annotations" / "instances_val2017.json", classes)
+        evaluators = build_evaluators(self.root / "annotations" / "instances_val2017.json", classes)
         runner = build_runner(
             model, work_dir, train_set, schedule=ft, batch_per_process=plan.finetune_batch(),
             loader=plan.loader, seed=plan.seed,
             optim_constructor="ViTDetLayerDecayConstructor", default_scope="mmdet",
-            collate_fn="pseudo_collate", test_dataset=val_set, test_evaluator=[metric],
+            collate_fn="pseudo_collate", test_dataset=val_set, test_evaluator=evaluators,
             test_batch_size=ft.test_batch_size, experiment_name="coco")
         runner.train()
         out = summarise_metrics(runner.test())

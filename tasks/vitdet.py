@@ -22,6 +22,17 @@ has its own, registered in ``mmdet.registry.MODELS``:
   but the blocks' norms and the position embedding (:func:`is_vitdet_no_decay`).
 - ``PartLN2d``: LayerNorm over channels of an NCHW map, usable as ``norm_cfg`` of
   mmdet's heads.
+
+Test time (what keeps evaluation of any detector, however early in training, from
+failing on a predicted box):
+
+- :class:`PadKeepImageShape` (``TRANSFORMS``): the eval pipeline's fixed-size pad,
+  leaving ``img_shape`` the shape of the image content, so predictions are clipped to
+  the image and not to its padding.
+- :class:`FiniteDeltaXYWHBBoxCoder` (``TASK_UTILS``) and :class:`ValidBoxRoIHead`
+  (``MODELS``): a non-finite or empty predicted box is dropped before masks are pasted
+  for it, and counted; :class:`DroppedBoxesMetric` sums the counts over the data set
+  (``dropped_pred_boxes``).
 """
 from __future__ import annotations
 
@@ -32,7 +43,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmdet.registry import MODELS
+from mmdet.datasets.transforms import Pad
+from mmdet.models.roi_heads import StandardRoIHead
+from mmdet.models.task_modules.coders import DeltaXYWHBBoxCoder
+from mmdet.registry import MODELS, TASK_UTILS, TRANSFORMS
+from mmdet.structures.bbox import get_box_tensor
+from mmengine.evaluator import BaseMetric
 from mmengine.model import BaseModule
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
@@ -45,7 +61,9 @@ from methods.backbone import ENCODER_ARCHS
 from .checkpoint import check_shapes, read_encoder_state
 
 __all__ = ["ViTDetBackbone", "SimpleFeaturePyramid", "LayerNorm2d", "ViTDetLayerDecayConstructor",
-           "load_encoder_into_backbone", "window_partition", "window_unpartition"]
+           "load_encoder_into_backbone", "window_partition", "window_unpartition",
+           "PadKeepImageShape", "FiniteDeltaXYWHBBoxCoder", "ValidBoxRoIHead", "DroppedBoxesMetric",
+           "valid_boxes"]
 
 
 @MODELS.register_module(name="PartLN2d")
@@ -400,3 +418,89 @@ def _grid_pos_embed(value: torch.Tensor, checkpoint: Path) -> torch.Tensor:
         if g * g == n - prefix:
             return value[:, prefix:]
     raise ConfigError(f"pos_embed in {checkpoint} has {n} entries: not a square grid (+ [CLS])")
+
+
+# ----------------------------------------------------------------------- test time
+@TRANSFORMS.register_module()
+class PadKeepImageShape(Pad):
+    """mmdet's ``Pad`` that leaves ``img_shape`` the shape of the image content.
+
+    mmcv's ``Pad`` sets ``img_shape`` to the padded shape. At test time the box head
+    clips predictions to ``img_shape`` and the mask head divides them by
+    ``scale_factor`` to reach ``ori_shape``: with the padded shape, a box predicted in
+    the padding of a non-square image lands beyond the original image's border, and
+    pasting its mask fails (``torch.arange`` with a lower bound above the upper one).
+    ``pad_shape`` still records the padded size.
+    """
+
+    def transform(self, results: dict) -> dict:
+        content = tuple(results["img"].shape[:2])
+        results = super().transform(results)
+        results["img_shape"] = content
+        return results
+
+
+def valid_boxes(bboxes: torch.Tensor) -> torch.Tensor:
+    """Which ``(N, 4)`` xyxy boxes have finite coordinates and positive width and height."""
+    return (torch.isfinite(bboxes).all(dim=-1) & (bboxes[:, 2] > bboxes[:, 0])
+            & (bboxes[:, 3] > bboxes[:, 1]))
+
+
+@TASK_UTILS.register_module()
+class FiniteDeltaXYWHBBoxCoder(DeltaXYWHBBoxCoder):
+    """``DeltaXYWHBBoxCoder`` whose ``decode`` turns a box with a non-finite coordinate
+    into the empty box (0, 0, 0, 0).
+
+    The box head's NMS (mmcv's ``batched_nms``) separates classes by offsets scaled by
+    the largest coordinate of all boxes, so one NaN box makes every box NaN and nothing
+    is suppressed; an empty box overlaps nothing, and :class:`ValidBoxRoIHead` drops it
+    after NMS. (The RPN needs no such guard: its ``min_bbox_size`` filter keeps only
+    boxes with width and height > 0 before its NMS, which NaN fails.)
+    """
+
+    def decode(self, bboxes, pred_bboxes, max_shape=None, wh_ratio_clip=16 / 1000):
+        decoded = super().decode(bboxes, pred_bboxes, max_shape, wh_ratio_clip)
+        boxes = get_box_tensor(decoded)
+        bad = ~torch.isfinite(boxes).all(dim=-1)
+        if bad.any():
+            boxes[bad] = 0.0  # in place: also the tensor inside a box-type result
+        return decoded
+
+
+@MODELS.register_module()
+class ValidBoxRoIHead(StandardRoIHead):
+    """``StandardRoIHead`` whose test path drops every detection whose box is
+    non-finite or has no area (:func:`valid_boxes`) before the mask head pastes a mask
+    for it, and records in each data sample's metainfo how many it dropped
+    (``dropped_pred_boxes``). A detector early in training predicts such boxes; the
+    benchmark must still score it, and the count says how often it happened."""
+
+    def predict_bbox(self, x, batch_img_metas, rpn_results_list, rcnn_test_cfg, rescale=False):
+        results_list = super().predict_bbox(x, batch_img_metas, rpn_results_list, rcnn_test_cfg,
+                                            rescale)
+        kept, self._dropped = [], []
+        for results in results_list:
+            keep = valid_boxes(get_box_tensor(results.bboxes))
+            self._dropped.append(int((~keep).sum()))
+            kept.append(results[keep])
+        return kept
+
+    def predict(self, x, rpn_results_list, batch_data_samples, rescale=False):
+        results_list = super().predict(x, rpn_results_list, batch_data_samples, rescale)
+        for sample, dropped in zip(batch_data_samples, self._dropped):
+            sample.set_metainfo(dict(dropped_pred_boxes=dropped))
+        return results_list
+
+
+class DroppedBoxesMetric(BaseMetric):
+    """The number of detections :class:`ValidBoxRoIHead` dropped over the evaluated
+    images (``pred/dropped_pred_boxes``); the Evaluator gathers it from every rank."""
+
+    default_prefix = "pred"
+
+    def process(self, data_batch, data_samples) -> None:
+        for sample in data_samples:
+            self.results.append(int(sample.get("dropped_pred_boxes", 0)))
+
+    def compute_metrics(self, results: list) -> dict:
+        return {"dropped_pred_boxes": int(sum(results))}
