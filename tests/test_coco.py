@@ -34,10 +34,28 @@ def tiny():
     return {"encoder": plan.encoder.as_kwargs(), "detector": asdict(plan.detector), "plan": plan}
 
 
+# More images without annotations, grayscale images and crowds than the defaults, so
+# that 8 + 6 images hold each kind (test_generated_folder_is_read_by_cocodataset checks)
+VARIETY = dict(empty_fraction=0.25, gray_fraction=0.25, crowd_fraction=0.3)
+
+
 @pytest.fixture(scope="module")
 def coco_root(tmp_path_factory):
     return write_coco(tmp_path_factory.mktemp("coco"), num_train=8, num_val=6, size=SIZE,
-                      num_classes=10, seed=0)
+                      num_classes=10, seed=0, **VARIETY)
+
+
+def decode_segmentation(seg, height, width) -> np.ndarray:
+    """Any of COCO's three mask encodings -> bool (H, W), by pycocotools."""
+    from pycocotools import mask as mask_utils
+
+    if isinstance(seg, list):  # polygons
+        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    elif isinstance(seg["counts"], list):  # uncompressed RLE
+        rle = mask_utils.frPyObjects(seg, height, width)
+    else:
+        rle = seg
+    return mask_utils.decode(rle).astype(bool)
 
 
 def test_registered():
@@ -52,10 +70,26 @@ def test_generated_folder_is_read_by_cocodataset(coco_root):
     ann = json.loads((coco_root / "annotations" / "instances_train2017.json").read_text())
     ids = [c["id"] for c in ann["categories"]]
     assert ids == [category_id(c) for c in range(10)] and ids != list(range(1, 11))
-    assert all(a["iscrowd"] == 0 and a["area"] > 0 and "counts" in a["segmentation"]
-               for a in ann["annotations"])
+    assert all(a["area"] > 0 for a in ann["annotations"])
+    # what real COCO has, in both splits: all three mask encodings (uncompressed RLE
+    # exactly for the crowds), images without annotations, grayscale JPEGs, images
+    # neither square nor of the detector's size
+    from PIL import Image
+
+    for split in ("train", "val"):
+        blob = json.loads((coco_root / "annotations" / f"instances_{split}2017.json").read_text())
+        segs = [(a["segmentation"], a["iscrowd"]) for a in blob["annotations"]]
+        assert any(isinstance(s, list) for s, _ in segs)
+        assert any(isinstance(s, dict) and isinstance(s["counts"], str) for s, _ in segs)
+        assert all((isinstance(s, dict) and isinstance(s["counts"], list)) == bool(c) for s, c in segs)
+        assert any(c for _, c in segs)
+        annotated = {a["image_id"] for a in blob["annotations"]}
+        assert any(img["id"] not in annotated for img in blob["images"])
+        modes = [Image.open(coco_root / f"{split}2017" / img["file_name"]).mode for img in blob["images"]]
+        assert "L" in modes and "RGB" in modes
+        assert any(img["width"] != img["height"] for img in blob["images"])
     # deterministic
-    again = write_coco(coco_root.parent / "again", 8, 6, SIZE, 10, seed=0)
+    again = write_coco(coco_root.parent / "again", 8, 6, SIZE, 10, seed=0, **VARIETY)
     assert (again / "annotations" / "instances_val2017.json").read_bytes() == \
         (coco_root / "annotations" / "instances_val2017.json").read_bytes()
 
@@ -161,17 +195,16 @@ def test_runner_init_keeps_loaded_weights(tmp_path, tiny):
 
 
 def _ground_truth_predictions(root):
-    from pycocotools import mask as mask_utils
-
+    """One prediction per non-crowd annotation (crowd regions are not objects to find)."""
     ann = json.loads((root / "annotations" / "instances_val2017.json").read_text())
     label_of = {c["id"]: i for i, c in enumerate(ann["categories"])}
     preds = []
     for img in ann["images"]:
-        objs = [a for a in ann["annotations"] if a["image_id"] == img["id"]]
+        objs = [a for a in ann["annotations"] if a["image_id"] == img["id"] and not a["iscrowd"]]
         boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
                                a["bbox"][1] + a["bbox"][3]] for a in objs], dtype=torch.float32).reshape(-1, 4)
-        masks = np.stack([mask_utils.decode(a["segmentation"]) for a in objs]).astype(bool) if objs \
-            else np.zeros((0, img["height"], img["width"]), bool)
+        masks = np.stack([decode_segmentation(a["segmentation"], img["height"], img["width"])
+                          for a in objs]) if objs else np.zeros((0, img["height"], img["width"]), bool)
         preds.append(dict(img_id=img["id"], ori_shape=(img["height"], img["width"]),
                           pred_instances=dict(bboxes=boxes, scores=torch.ones(len(objs)),
                                               labels=torch.tensor([label_of[a["category_id"]] for a in objs]),
@@ -220,7 +253,9 @@ def test_one_training_iteration_on_cpu(coco_root, tiny):
 
 def test_task_run_through_the_runner(tmp_path, coco_root, tiny):
     """The task's own path: Runner (mmdet scope, layer decay, step schedule), a
-    pretrained MAE encoder loaded by the mapping, CocoMetric at the end."""
+    pretrained MAE encoder loaded by the mapping, CocoMetric at the end, on a folder
+    with every kind of image and mask real COCO has (non-square images of other sizes
+    than the detector's, whose padding the untrained detector predicts boxes in)."""
     plan = _plan(data_root=coco_root, cfg_options={
         "tasks.coco.finetune.epochs": 1, "tasks.coco.finetune.global_batch_size": 4,
         "tasks.coco.finetune.test_batch_size": 2, "tasks.coco.loader.num_workers": 0,
@@ -233,6 +268,7 @@ def test_task_run_through_the_runner(tmp_path, coco_root, tiny):
     metrics = task.run(pretrained=folder, work_dir=tmp_path / "work", log=lambda *_: None)
     for key in ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "segm_mAP"):
         assert 0.0 <= metrics[key] <= 100.0
+    assert isinstance(metrics["dropped_pred_boxes"], int) and metrics["dropped_pred_boxes"] >= 0
     assert metrics["new_keys"] == sorted(f"blocks.{i}.attn.rel_pos_{a}" for i in range(4) for a in "hw")
 
 
