@@ -32,9 +32,9 @@ from engine.errors import ConfigError, DataError
 from .base import RunnerSamples, Task
 from .data.coco_synthetic import COCO_LAYOUT, ensure_embedded_coco
 
-__all__ = ["CocoTask", "coco_classes", "check_coco_root", "build_detector_cfg", "train_pipeline",
-           "eval_pipeline", "build_coco_dataset", "summarise_metrics", "evaluate_predictions",
-           "build_evaluators"]
+__all__ = ["CocoTask", "coco_classes", "check_coco_root", "check_coco_annotations", "build_detector_cfg",
+           "train_pipeline", "eval_pipeline", "build_coco_dataset", "summarise_metrics",
+           "evaluate_predictions", "build_evaluators"]
 
 METRIC_KEYS = ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")
 
@@ -73,6 +73,89 @@ def coco_classes(ann_file: Path) -> tuple[str, ...]:
         return tuple(c["name"] for c in cats)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"cannot read categories from {ann_file}: {type(exc).__name__}: {exc}") from None
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _segmentation_problem(seg, height: int, width: int) -> str | None:
+    """What is wrong with one annotation's ``segmentation`` for mmdet's reader, or None.
+    Accepted: polygons (a list of ``[x0, y0, x1, y1, ...]`` lists), compressed RLE
+    (``counts`` a string) and uncompressed RLE (``counts`` a list of run lengths), RLE
+    with ``size`` equal to the image's [height, width]."""
+    if isinstance(seg, list):
+        if not seg:
+            return "is empty"
+        # the first coordinate stands for the rest: checking all of COCO's took 16 s
+        if not all(isinstance(poly, list) and (not poly or _is_number(poly[0])) for poly in seg):
+            return "is a list but not of polygons [[x0, y0, x1, y1, ...], ...]"
+        return None
+    if isinstance(seg, dict):
+        counts, size = seg.get("counts"), seg.get("size")
+        if not (isinstance(counts, str) or (isinstance(counts, list) and all(isinstance(c, int) for c in counts))):
+            return "is a dict without RLE counts (a string, or a list of run lengths)"
+        if list(size or []) != [height, width]:
+            return f"is RLE of size {size}, but its image is [height, width] = [{height}, {width}]"
+        return None
+    return "is missing" if seg is None else f"is a {type(seg).__name__}"
+
+
+def check_coco_annotations(root: Path, split: str, classes=None) -> tuple[str, ...]:
+    """Check ``annotations/instances_{split}2017.json`` against what the detector's
+    reader needs, before any training; returns the category names (:func:`coco_classes`).
+
+    One DataError names the file and the first bad entry: unreadable JSON, other
+    categories than ``classes`` (when given: labels are indices into that list), no
+    ``images`` / ``annotations`` / ``categories`` lists, an image without a positive
+    width and height or whose file is not in ``{split}2017/``, an annotation whose
+    image or category is not listed, whose ``bbox`` is not [x, y, w, h], or whose
+    ``segmentation`` is not one of COCO's three encodings (mmdet's loader would fail on
+    it mid-run, or silently ignore the object). Images without annotations are fine.
+    """
+    import os
+
+    root = Path(root)
+    ann_file = root / "annotations" / f"instances_{split}2017.json"
+    try:
+        with open(ann_file) as f:
+            blob = json.load(f)
+        images, anns, cats = blob["images"], blob["annotations"], blob["categories"]
+        if not all(isinstance(x, list) and all(isinstance(e, dict) for e in x) for x in (images, anns, cats)):
+            raise TypeError("images, annotations and categories must be lists of objects")
+        names = tuple(c["name"] for c in cats)
+        cat_ids = {c["id"] for c in cats}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"cannot read {ann_file}: {type(exc).__name__}: {exc}; expected COCO 2017's "
+                        f"instances format (images, annotations, categories)") from None
+    if classes is not None and names != tuple(classes):
+        raise DataError(f"{ann_file.parent}: {ann_file.name} and instances_val2017.json list different "
+                        f"categories ({len(names)} vs {len(classes)}); expected the same list")
+    folder = root / f"{split}2017"
+    on_disk = set(os.listdir(folder))
+    shapes = {}
+    for img in images:
+        h, w, name = img.get("height"), img.get("width"), img.get("file_name")
+        if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0 and isinstance(name, str)):
+            raise DataError(f"{ann_file}: image {img.get('id')!r} needs file_name and a positive integer "
+                            f"width and height; it has {({k: img.get(k) for k in ('file_name', 'width', 'height')})}")
+        if name not in on_disk and not (folder / name).is_file():
+            raise DataError(f"{ann_file}: image {img.get('id')!r} is {folder / name}, which does not exist")
+        shapes[img.get("id")] = (h, w)
+    for ann in anns:
+        where = f"{ann_file}: annotation {ann.get('id')!r}"
+        if ann.get("image_id") not in shapes:
+            raise DataError(f"{where} is of image {ann.get('image_id')!r}, which the file does not list")
+        if ann.get("category_id") not in cat_ids:
+            raise DataError(f"{where} has category {ann.get('category_id')!r}, which the file does not list")
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            raise DataError(f"{where} has bbox {bbox!r}; expected [x, y, width, height]")
+        problem = _segmentation_problem(ann.get("segmentation"), *shapes[ann["image_id"]])
+        if problem:
+            raise DataError(f"{where}: its segmentation {problem}; expected polygons, compressed "
+                            f"RLE or uncompressed RLE (Mask R-CNN needs a mask per annotation)")
+    return names
 
 
 def train_pipeline(size: int, ratio_range=(0.1, 2.0), pad_val: int = 114, hflip: float = 0.5):
@@ -303,17 +386,16 @@ class CocoTask(Task):
         return coco_classes(self.root / "annotations" / "instances_val2017.json")
 
     def check_data(self) -> None:
-        """Before any pretraining: the layout, and both annotation files readable with
-        the same categories (labels are indices into that list, so a mismatch would
-        silently mislabel every box); then the pretraining images."""
+        """Before any pretraining: the layout, both annotation files readable by the
+        detector's reader (:func:`check_coco_annotations`) with the same categories
+        (labels are indices into that list, so a mismatch would silently mislabel every
+        box); then the pretraining images."""
         check_coco_root(self.root)
         ann = self.root / "annotations"
-        train, val = coco_classes(ann / "instances_train2017.json"), self.classes
+        val = check_coco_annotations(self.root, "val")
         if not val:
             raise DataError(f"{ann / 'instances_val2017.json'} lists no categories")
-        if train != val:
-            raise DataError(f"{ann}: instances_train2017.json and instances_val2017.json list "
-                            f"different categories ({len(train)} vs {len(val)}); expected the same list")
+        check_coco_annotations(self.root, "train", classes=val)
         self._pretrain_split(True, None)
         self._pretrain_split(False, None)
 
