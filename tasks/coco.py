@@ -93,7 +93,8 @@ def _segmentation_problem(seg, height: int, width: int) -> str | None:
         return None
     if isinstance(seg, dict):
         counts, size = seg.get("counts"), seg.get("size")
-        if not (isinstance(counts, str) or (isinstance(counts, list) and all(isinstance(c, int) for c in counts))):
+        run_lengths = isinstance(counts, list) and all(isinstance(c, int) for c in counts)
+        if not (isinstance(counts, str) or run_lengths):
             return "is a dict without RLE counts (a string, or a list of run lengths)"
         if list(size or []) != [height, width]:
             return f"is RLE of size {size}, but its image is [height, width] = [{height}, {width}]"
@@ -137,8 +138,9 @@ def check_coco_annotations(root: Path, split: str, classes=None) -> tuple[str, .
     for img in images:
         h, w, name = img.get("height"), img.get("width"), img.get("file_name")
         if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0 and isinstance(name, str)):
+            given = {k: img.get(k) for k in ("file_name", "width", "height")}
             raise DataError(f"{ann_file}: image {img.get('id')!r} needs file_name and a positive integer "
-                            f"width and height; it has {({k: img.get(k) for k in ('file_name', 'width', 'height')})}")
+                            f"width and height; it has {given}")
         if name not in on_disk and not (folder / name).is_file():
             raise DataError(f"{ann_file}: image {img.get('id')!r} is {folder / name}, which does not exist")
         shapes[img.get("id")] = (h, w)

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks.coco import build_coco_dataset, build_detector, eval_pipeline, evaluate_predictions, summarise_metrics
+from tasks.coco import (build_coco_dataset, build_detector, eval_pipeline, evaluate_predictions,
+                        summarise_metrics)
 from tasks.data.coco_synthetic import mask_polygons, uncompressed_rle
 from tasks.vitdet import DroppedBoxesMetric, valid_boxes
 
@@ -109,7 +110,8 @@ def test_reader_keeps_empty_images_for_evaluation_and_crowds_out_of_training(fol
     assert len(train) == 2  # ... and not trained on (filter_empty_gt)
     first = train[0]["data_samples"]
     assert first.img_id == 1
-    assert first.gt_instances.bboxes.tensor.tolist() == [[10, 10, 30, 30], [60, 20, 90, 50], [90, 40, 110, 60]]
+    assert first.gt_instances.bboxes.tensor.tolist() == [[10, 10, 30, 30], [60, 20, 90, 50],
+                                                          [90, 40, 110, 60]]
     assert first.gt_instances.labels.tolist() == [0, 0, 1]
     assert [int(m.sum()) for m in first.gt_instances.masks.masks] == [400, 900, 400]
     assert first.ignored_instances.bboxes.tensor.tolist() == [[0, 50, 40, 80]]  # the crowd
@@ -289,7 +291,8 @@ def test_reader_check_accepts_real_layouts_and_rejects_bad_entries_with_one_line
     broken(lambda b: b["annotations"][1]["segmentation"].update(size=[120, 80]),
            r"annotation 2: its segmentation is RLE of size \[120, 80\], but its image is .* \[80, 120\]")
     broken(lambda b: b["annotations"][4].pop("segmentation"), "annotation 5: its segmentation is missing")
-    broken(lambda b: b["annotations"][4].update(image_id=7), "annotation 5 is of image 7, which the file does not list")
+    broken(lambda b: b["annotations"][4].update(image_id=7),
+           "annotation 5 is of image 7, which the file does not list")
     broken(lambda b: b["annotations"][0].update(category_id=1), "annotation 1 has category 1")
     broken(lambda b: b["images"][2].update(file_name="gone.jpg"), "gone.jpg, which does not exist")
     broken(lambda b: b["images"][0].update(width=0), "image 1 needs file_name and a positive integer width")

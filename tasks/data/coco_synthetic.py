@@ -133,17 +133,6 @@ def render_detection_scenes(num_images: int, size: int = 128, num_classes: int =
         yy = (np.arange(height, dtype=np.float32) + 0.5)[:, None]
         img = _background(rng, height, width)
         drawn = []  # [label, full mask, visible mask, iscrowd]
-
-        def place(mask, paint):
-            # drawing this object must leave every earlier one visible enough
-            if mask.sum() < 4 or any((vis & ~mask).sum() < MIN_VISIBLE * full.sum()
-                                     for _, full, vis, _ in drawn):
-                return False
-            paint()
-            for entry in drawn:
-                entry[2] = entry[2] & ~mask
-            return True
-
         empty = rng.random() < empty_fraction
         if not empty and rng.random() < crowd_fraction:
             # a crowd: several small objects of one class, one region; drawn first, so
@@ -170,14 +159,16 @@ def render_detection_scenes(num_images: int, size: int = 128, num_classes: int =
             colour = _object_colour(rng, fam, fam_hues)
             u, v = (xx - cx) / half, (yy - cy) / half
             mask = shape_mask(shape, u, v)
+            if mask.sum() < 4:
+                continue
+            # drawing this object must leave every earlier one visible enough
+            if any((vis & ~mask).sum() < MIN_VISIBLE * full.sum() for _, full, vis, _ in drawn):
+                continue
             shade = 1.0 - 0.12 * np.clip(v, -1.0, 1.0)
-
-            def paint(mask=mask, colour=colour, shade=shade):
-                nonlocal img
-                img = np.where(mask[..., None], colour * shade[..., None], img)
-
-            if place(mask, paint):
-                drawn.append([label, mask, mask.copy(), 0])
+            img = np.where(mask[..., None], colour * shade[..., None], img)
+            for entry in drawn:
+                entry[2] = entry[2] & ~mask
+            drawn.append([label, mask, mask.copy(), 0])
         img = img * np.float32(rng.uniform(0.88, 1.12)) + rng.uniform(-0.05, 0.05, 3).astype(np.float32)
         rgb = np.clip(img * 255.0 + 0.5, 0.0, 255.0).astype(np.uint8)
         if rng.random() < gray_fraction:
