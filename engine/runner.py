@@ -143,8 +143,9 @@ class FiniteLossHook(Hook):
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         if bad.item() > 0:
-            where = f"loss {float(loss)}" if not torch.isfinite(loss).all() else "a non-finite loss on another rank"
-            raise TrainingError(f"{where} at iteration {runner.iter + 1} (epoch {runner.epoch + 1}); "
+            what = (f"loss became {float(loss)}" if not torch.isfinite(loss).all()
+                    else "loss became non-finite on another rank")
+            raise TrainingError(f"{what} at iteration {runner.iter + 1} (epoch {runner.epoch + 1}); "
                                 f"lower the learning rate or check the data. Work dir: {runner.work_dir}")
 
 

@@ -295,7 +295,8 @@ def test_layer_decay_groups(tiny):
     assert wd_of[id(model.backbone.blocks[0].attn.qkv.weight)] == 0.1
     assert wd_of[id(model.backbone.blocks[0].attn.qkv.bias)] == 0.1
     assert wd_of[id(model.backbone.patch_embed.proj.bias)] == 0.1
-    neck_norms = [p for n, p in model.neck.named_parameters() if "norm" in n or "ln" in n.lower()]
+    neck_norms = [p for mod in model.neck.modules() if "LayerNorm" in type(mod).__name__
+                  for p in mod.parameters()]
     assert neck_norms and all(wd_of[id(p)] == 0.1 for p in neck_norms)
     no_decay = {n for n, p in model.named_parameters() if wd_of[id(p)] == 0.0}
     assert no_decay == {n for n, _ in model.named_parameters()

@@ -302,7 +302,7 @@ def test_droppos_1d():
 
 @pytest.mark.parametrize("name,cls", [("mae", MAE), ("droppos", DropPos)])
 def test_registered_and_encoder_loads_for_finetuning(name, cls):
-    assert METHODS[name][0] is cls and cls.pretrain_pos_embed
+    assert METHODS[name].cls is cls and cls.pretrain_pos_embed
     model = build_method(name, encoder=ENC, **DEC)
     state = model.encoder_state_dict()
     assert "pos_embed" in state and not any(k.startswith("head") for k in state)

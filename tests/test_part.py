@@ -104,8 +104,8 @@ def test_loss_is_eq4_mse():
 
 
 def test_variants_are_registered_configs_of_one_class():
-    assert METHODS["part-grid"][0] is METHODS["part"][0]
-    assert METHODS["part-aspect-scale"][0] is METHODS["part"][0]
+    assert METHODS["part-grid"].cls is METHODS["part"].cls
+    assert METHODS["part-aspect-scale"].cls is METHODS["part"].cls
     model = build_method("part-aspect-scale", encoder=ENC, num_pairs=8)
     assert model.target_dim == 4
     assert torch.isfinite(model(torch.rand(2, 3, 32, 32))["loss"])

@@ -226,7 +226,7 @@ def test_finetuning_starts_from_the_pretrained_weights(tmp_path):
     from engine.plan import FinetunePlan, LoaderPlan
 
     schedule = FinetunePlan(epochs=1, global_batch_size=8, base_lr=0.0, weight_decay=0.0,
-                            warmup_epochs=0, repeated_aug=1)
+                            warmup_epochs=0, min_lr=0.0, repeated_aug=1)
     runner = build_runner(ClassifierModel(enc, 10), tmp_path / "work", RunnerSamples(data),
                           schedule=schedule, batch_per_process=8, loader=LoaderPlan(num_workers=0))
     runner.train()
@@ -251,8 +251,10 @@ def test_torchrun_two_processes_train_and_write_one_record(tmp_path):
     torchrun = Path(sys.executable).parent / "torchrun"
     opts = ["tasks.cifar100.data.embedded.num_train=256", "tasks.cifar100.data.embedded.num_test=64",
             "tasks.cifar100.pretrain.epochs=1", "tasks.cifar100.finetune.epochs=1",
-            "tasks.cifar100.pretrain.num_workers=0", "tasks.cifar100.finetune.num_workers=0",
-            "tasks.cifar100.pretrain.global_batch_size=32", "tasks.cifar100.finetune.global_batch_size=32"]
+            "tasks.cifar100.loader.num_workers=0",
+            # global batches: 32 per rank on 2 ranks
+            "tasks.cifar100.pretrain.global_batch_size=64",
+            "tasks.cifar100.finetune.global_batch_size=64"]
     res = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "benchmarks.run",
                           "--method", "part", "--task", "cifar100", "--cache", str(tmp_path / "c"),
                           "--out", str(tmp_path / "runs"), "--cfg-options", *opts],

@@ -245,7 +245,7 @@ def test_detector_initial_weights_follow_the_seed():
 
     a, b, c = build(0), build(0), build(1)
     assert all((a[k] == b[k]).all() for k in a)
-    for name in ("roi_head.bbox_head.fc_cls.weight", "backbone.pos_embed", "neck.lateral_convs.0.weight"):
+    for name in ("roi_head.bbox_head.fc_cls.weight", "backbone.pos_embed", "neck.stages.0.0.weight"):
         keys = [k for k in a if k == name or k.startswith(name.rsplit(".", 1)[0])]
         assert keys and any(not (a[k] == c[k]).all() for k in keys), name
 
