@@ -96,20 +96,18 @@ def bench_detector(preset: str, repeats: int, device: str, cache=None) -> tuple[
     """Median seconds per training iteration of the preset's COCO detector."""
     from mmengine.dataset import pseudo_collate
 
-    from dataclasses import asdict
-
     from benchmarks.run import default_cache, make_plan
     from tasks import build_task
     from tasks.coco import build_coco_dataset, build_detector, train_pipeline
 
     plan = make_plan("part", "coco", preset=preset)
     task = build_task(plan, cache or default_cache())
-    det, ft = asdict(plan.detector), plan.finetune
+    det, ft = plan.detector, plan.finetune
     data = build_coco_dataset(task.root, "train", train_pipeline(
-        det["img_size"], ft.resize_ratio, ft.pad_val, ft.hflip), task.classes, ft.min_size)
+        det.img_size, ft.resize_ratio, ft.pad_val, ft.hflip), task.classes, ft.min_size)
     bs = plan.finetune_batch()
     batches = [pseudo_collate([data[b * bs + i] for i in range(bs)]) for b in range(3)]
-    model = build_detector(det, plan.encoder.as_kwargs(), len(task.classes)).to(device).train()
+    model = build_detector(det, plan.encoder, len(task.classes)).to(device).train()
     optim = torch.optim.AdamW(model.parameters(), lr=ft.lr, weight_decay=ft.weight_decay)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     state = dict(i=0)
@@ -140,7 +138,7 @@ def main(argv=None) -> int:
     if args.detector:
         print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
         t, bs, det = bench_detector(args.preset, args.repeats, args.device)
-        print(f"\n{args.preset} preset Mask R-CNN ({det['img_size']} px, batch {bs}): "
+        print(f"\n{args.preset} preset Mask R-CNN ({det.img_size} px, batch {bs}): "
               f"{t:.3f} s per training iteration (median of {args.repeats})")
         return 0
     from methods import METHODS

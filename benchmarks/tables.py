@@ -12,7 +12,6 @@ paper's numbers (``results/paper/<table>.csv``) in their own columns.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -22,9 +22,7 @@ pretrained checkpoint (tiny); the paper preset pretrains COCO's encoder 200 epoc
 """
 from __future__ import annotations
 
-import copy
 import json
-import math
 from pathlib import Path
 
 from engine.errors import ConfigError, DataError
@@ -214,40 +212,40 @@ def build_coco_dataset(root: Path, split: str, pipeline, classes=None, min_size:
 
 
 # ---------------------------------------------------------------------------- model
-def build_detector_cfg(det: dict, encoder: dict, num_classes: int, pos_embed: bool = True) -> dict:
+def build_detector_cfg(det, encoder, num_classes: int, pos_embed: bool = True) -> dict:
     """MMDetection's Mask R-CNN config with the ViTDet backbone.
 
-    ``det`` is the preset's ``detector`` section, ``encoder`` the pretraining encoder
-    (arch, img_size = pretraining size, patch_size).
+    ``det`` is the plan's :class:`engine.plan.DetectorPlan`, ``encoder`` its
+    :class:`engine.plan.EncoderPlan` (the pretraining encoder: arch, img_size =
+    pretraining size, patch_size).
     """
-    ch = det["neck_channels"]
-    patch = encoder["patch_size"]
-    scales = tuple(det.get("scale_factors", (4.0, 2.0, 1.0, 0.5)))
+    ch = det.neck_channels
+    patch = encoder.patch_size
+    scales = tuple(det.scale_factors)
     strides = [int(patch / s) for s in scales]
     strides.append(strides[-1] * 2)  # the extra max-pooled level for the RPN
     norm = dict(type="PartLN2d", requires_grad=True)
-    rpn_train, rcnn_train = det.get("rpn_train", {}), det.get("rcnn_train", {})
-    rpn_test, rcnn_test = det.get("rpn_test", {}), det.get("rcnn_test", {})
+    rpn_train, rcnn_train, rpn_test, rcnn_test = det.rpn_train, det.rcnn_train, det.rpn_test, det.rcnn_test
     # mmdet sends an RoI of side s to level floor(log2(s / finest_scale)); its 56 assumes
     # the finest level has stride 4 (FPN, ViTDet at 1024 px). Scale it with our finest
     # stride so an RoI meets the same feature resolution whatever the patch size.
     finest_scale = 56 * strides[0] / 4
-    sampling = det.get("roi_sampling_ratio", 0)  # 0: adaptive, as ViTDet
+    sampling = det.roi_sampling_ratio  # 0: adaptive, as ViTDet
     return dict(
         type="MaskRCNN",
         data_preprocessor=dict(type="DetDataPreprocessor", mean=[123.675, 116.28, 103.53],
                                std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_mask=True,
                                pad_size_divisor=patch),
-        backbone=dict(type="ViTDetBackbone", arch=encoder["arch"], img_size=det["img_size"],
-                      patch_size=patch, pretrain_img_size=encoder["img_size"],
-                      in_chans=encoder.get("in_chans", 3), window_size=det["window_size"],
-                      global_blocks=tuple(det["global_blocks"]), drop_path_rate=det["drop_path"],
-                      use_rel_pos=det.get("use_rel_pos", True), use_abs_pos=pos_embed),
+        backbone=dict(type="ViTDetBackbone", arch=encoder.arch, img_size=det.img_size,
+                      patch_size=patch, pretrain_img_size=encoder.img_size,
+                      in_chans=encoder.in_chans, window_size=det.window_size,
+                      global_blocks=tuple(det.global_blocks), drop_path_rate=det.drop_path,
+                      use_rel_pos=det.use_rel_pos, use_abs_pos=pos_embed),
         neck=dict(type="SimpleFeaturePyramid", in_channels=_embed_dim(encoder), out_channels=ch,
                   scale_factors=scales, num_outs=len(strides)),
         rpn_head=dict(
             type="RPNHead", in_channels=ch, feat_channels=ch, num_convs=2,
-            anchor_generator=dict(type="AnchorGenerator", scales=[det.get("anchor_scale", 8)],
+            anchor_generator=dict(type="AnchorGenerator", scales=[det.anchor_scale],
                                   ratios=[0.5, 1.0, 2.0], strides=strides),
             bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=[1.0] * 4),
             loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=True, loss_weight=1.0),
@@ -258,9 +256,9 @@ def build_detector_cfg(det: dict, encoder: dict, num_classes: int, pos_embed: bo
                                     roi_layer=dict(type="RoIAlign", output_size=7, sampling_ratio=sampling),
                                     out_channels=ch, featmap_strides=strides[:-1],
                                     finest_scale=finest_scale),
-            bbox_head=dict(type="ConvFCBBoxHead", num_shared_convs=det.get("bbox_convs", 4),
-                           num_shared_fcs=det.get("bbox_fcs", 1), in_channels=ch, conv_out_channels=ch,
-                           fc_out_channels=det["fc_channels"], roi_feat_size=7, num_classes=num_classes,
+            bbox_head=dict(type="ConvFCBBoxHead", num_shared_convs=det.bbox_convs,
+                           num_shared_fcs=det.bbox_fcs, in_channels=ch, conv_out_channels=ch,
+                           fc_out_channels=det.fc_channels, roi_feat_size=7, num_classes=num_classes,
                            norm_cfg=norm,
                            bbox_coder=dict(type="FiniteDeltaXYWHBBoxCoder", target_means=[0.0] * 4,
                                            target_stds=[0.1, 0.1, 0.2, 0.2]),
@@ -271,38 +269,38 @@ def build_detector_cfg(det: dict, encoder: dict, num_classes: int, pos_embed: bo
                                     roi_layer=dict(type="RoIAlign", output_size=14, sampling_ratio=sampling),
                                     out_channels=ch, featmap_strides=strides[:-1],
                                     finest_scale=finest_scale),
-            mask_head=dict(type="FCNMaskHead", num_convs=det.get("mask_convs", 4), in_channels=ch, conv_out_channels=ch,
+            mask_head=dict(type="FCNMaskHead", num_convs=det.mask_convs, in_channels=ch, conv_out_channels=ch,
                            num_classes=num_classes, norm_cfg=norm,
                            loss_mask=dict(type="CrossEntropyLoss", use_mask=True, loss_weight=1.0))),
         train_cfg=dict(
             rpn=dict(assigner=dict(type="MaxIoUAssigner", pos_iou_thr=0.7, neg_iou_thr=0.3,
                                    min_pos_iou=0.3, match_low_quality=True, ignore_iof_thr=-1),
-                     sampler=dict(type="RandomSampler", num=rpn_train.get("num", 256), pos_fraction=0.5,
+                     sampler=dict(type="RandomSampler", num=rpn_train.num, pos_fraction=0.5,
                                   neg_pos_ub=-1, add_gt_as_proposals=False),
                      allowed_border=-1, pos_weight=-1, debug=False),
-            rpn_proposal=dict(nms_pre=rpn_train.get("nms_pre", 2000),
-                              max_per_img=rpn_train.get("max_per_img", 1000),
+            rpn_proposal=dict(nms_pre=rpn_train.nms_pre,
+                              max_per_img=rpn_train.max_per_img,
                               nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
             rcnn=dict(assigner=dict(type="MaxIoUAssigner", pos_iou_thr=0.5, neg_iou_thr=0.5,
                                     min_pos_iou=0.5, match_low_quality=True, ignore_iof_thr=-1),
-                      sampler=dict(type="RandomSampler", num=rcnn_train.get("num", 512),
+                      sampler=dict(type="RandomSampler", num=rcnn_train.num,
                                    pos_fraction=0.25, neg_pos_ub=-1, add_gt_as_proposals=True),
                       mask_size=28, pos_weight=-1, debug=False)),
         test_cfg=dict(
-            rpn=dict(nms_pre=rpn_test.get("nms_pre", 1000), max_per_img=rpn_test.get("max_per_img", 1000),
+            rpn=dict(nms_pre=rpn_test.nms_pre, max_per_img=rpn_test.max_per_img,
                      nms=dict(type="nms", iou_threshold=0.7), min_bbox_size=0),
-            rcnn=dict(score_thr=rcnn_test.get("score_thr", 0.05), nms=dict(type="nms", iou_threshold=0.5),
-                      max_per_img=rcnn_test.get("max_per_img", 100), mask_thr_binary=0.5)),
+            rcnn=dict(score_thr=rcnn_test.score_thr, nms=dict(type="nms", iou_threshold=0.5),
+                      max_per_img=rcnn_test.max_per_img, mask_thr_binary=0.5)),
     )
 
 
-def _embed_dim(encoder: dict) -> int:
+def _embed_dim(encoder) -> int:
     from methods.backbone import ENCODER_ARCHS
 
-    return encoder.get("embed_dim", ENCODER_ARCHS[encoder["arch"]]["embed_dim"])
+    return ENCODER_ARCHS[encoder.arch]["embed_dim"]
 
 
-def build_detector(det: dict, encoder: dict, num_classes: int, pos_embed: bool = True):
+def build_detector(det, encoder, num_classes: int, pos_embed: bool = True):
     """The detector with every weight initialised once, here: the Runner's later
     ``init_weights()`` sees ``is_init`` and leaves loaded weights alone."""
     _mmdet_scope()
@@ -432,22 +430,19 @@ class CocoTask(Task):
         return {"pretrain": n_pre, "finetune": n_ft}
 
     def run(self, *, pretrained, work_dir, log=print):
-        from dataclasses import asdict
-
         from engine.runner import build_runner
 
         from .vitdet import load_encoder_into_backbone
 
         plan, ft = self.plan, self.plan.finetune
-        det = asdict(plan.detector)
-        encoder = plan.encoder.as_kwargs()
+        det = plan.detector
         _mmdet_scope()
         classes = self.classes
-        size = det["img_size"]
+        size = det.img_size
         train_set = build_coco_dataset(self.root, "train", train_pipeline(
             size, ft.resize_ratio, ft.pad_val, ft.hflip), classes, ft.min_size)
         val_set = build_coco_dataset(self.root, "val", eval_pipeline(size, ft.pad_val), classes)
-        model = build_detector(det, encoder, len(classes), pos_embed=ft.pos_embed)
+        model = build_detector(det, plan.encoder, len(classes), pos_embed=ft.pos_embed)
         report = None
         if pretrained is not None:
             report = load_encoder_into_backbone(model.backbone, Path(pretrained) / "encoder.pth", log=log)

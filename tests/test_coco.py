@@ -28,10 +28,8 @@ def _plan(**kw):
 @pytest.fixture(scope="module")
 def tiny():
     """The tiny preset's resolved coco sections, as the detector builders take them."""
-    from dataclasses import asdict
-
     plan = _plan()
-    return {"encoder": plan.encoder.as_kwargs(), "detector": asdict(plan.detector), "plan": plan}
+    return {"encoder": plan.encoder.as_kwargs(), "detector": plan.detector, "plan": plan}
 
 
 # More images without annotations, grayscale images and crowds than the defaults, so
@@ -121,9 +119,9 @@ def test_missing_root_and_wrong_layout(tmp_path, coco_root, tiny):
 
 def _backbone(tiny, **kw):
     enc, det = tiny["encoder"], tiny["detector"]
-    args = dict(arch=enc["arch"], img_size=det["img_size"], patch_size=enc["patch_size"],
-                pretrain_img_size=enc["img_size"], window_size=det["window_size"],
-                global_blocks=det["global_blocks"], drop_path_rate=0.0)
+    args = dict(arch=enc["arch"], img_size=det.img_size, patch_size=enc["patch_size"],
+                pretrain_img_size=enc["img_size"], window_size=det.window_size,
+                global_blocks=det.global_blocks, drop_path_rate=0.0)
     args.update(kw)
     return ViTDetBackbone(**args)
 
@@ -188,7 +186,7 @@ def test_foreign_or_missing_checkpoint_is_a_clear_error(tmp_path, tiny):
 
 def test_runner_init_keeps_loaded_weights(tmp_path, tiny):
     path, sd = _save_encoder(tmp_path, "mae", tiny["encoder"])
-    model = build_detector(tiny["detector"], tiny["encoder"], num_classes=10)
+    model = build_detector(tiny["detector"], tiny["plan"].encoder, num_classes=10)
     load_encoder_into_backbone(model.backbone, path, log=lambda *_: None)
     model.init_weights()  # what the Runner does before training
     assert torch.equal(model.backbone.blocks[0].attn.qkv.weight, sd["blocks.0.attn.qkv.weight"])
@@ -234,7 +232,7 @@ def test_one_training_iteration_on_cpu(coco_root, tiny):
     from mmengine.optim import OptimWrapper
 
     torch.manual_seed(0)
-    model = build_detector(tiny["detector"], tiny["encoder"], num_classes=10)
+    model = build_detector(tiny["detector"], tiny["plan"].encoder, num_classes=10)
     ds = build_coco_dataset(coco_root, "train", train_pipeline(SIZE, (0.8, 1.2)))
     batch = pseudo_collate([ds[i] for i in range(2)])
     before = model.backbone.blocks[0].attn.qkv.weight.detach().clone()
@@ -275,7 +273,7 @@ def test_task_run_through_the_runner(tmp_path, coco_root, tiny):
 def test_layer_decay_groups(tiny):
     from tasks.vitdet import ViTDetLayerDecayConstructor
 
-    model = build_detector(tiny["detector"], tiny["encoder"], num_classes=10)
+    model = build_detector(tiny["detector"], tiny["plan"].encoder, num_classes=10)
     wrapper = ViTDetLayerDecayConstructor(dict(type="OptimWrapper", optimizer=dict(
         type="AdamW", lr=1e-4, weight_decay=0.1)), dict(layer_decay=0.7))(model)
     groups = wrapper.optimizer.param_groups

@@ -3,7 +3,6 @@ non-square images of other sizes than the detector's, grayscale JPEGs, images wi
 annotations, the three mask encodings and crowd regions. Expected values are computed
 by hand from a folder of three images written here."""
 import json
-from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -77,7 +76,7 @@ def detector():
 
     plan = make_plan("part", "coco")
     torch.manual_seed(0)
-    return build_detector(asdict(plan.detector), plan.encoder.as_kwargs(), num_classes=2).eval()
+    return build_detector(plan.detector, plan.encoder, num_classes=2).eval()
 
 
 def test_mask_encodings_decode_to_the_hand_drawn_pixels(folder):

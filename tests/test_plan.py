@@ -230,7 +230,6 @@ def test_tiny_coco_on_a_user_root_pretrains_on_the_embedded_source_and_says_so(t
 
 # --------------------------------------------------------------------------- seeds
 def test_detector_initial_weights_follow_the_seed():
-    from dataclasses import asdict
 
     from mmengine.runner import set_random_seed
 
@@ -240,7 +239,7 @@ def test_detector_initial_weights_follow_the_seed():
 
     def build(seed):
         set_random_seed(seed)
-        model = build_detector(asdict(plan.detector), plan.encoder.as_kwargs(), num_classes=10)
+        model = build_detector(plan.detector, plan.encoder, num_classes=10)
         return {k: v.clone() for k, v in model.state_dict().items()}
 
     a, b, c = build(0), build(0), build(1)
@@ -345,3 +344,22 @@ def test_an_interrupted_finetuning_resumes_only_on_its_own_data(tmp_path, monkey
     # b: its own pretraining and a finetuning from epoch 0; a: cached pretraining, and
     # the killed finetuning continued after its finished first epoch
     assert started_at == [0, 0, 1]
+
+
+def test_an_interrupted_detection_run_resumes_only_on_its_own_data(tmp_path, monkeypatch):
+    from tasks.data.coco_synthetic import write_coco
+
+    a = write_coco(tmp_path / "coco-a", 8, 4, size=96, seed=0)
+    b = write_coco(tmp_path / "coco-b", 8, 4, size=96, seed=1)
+    opts = {"tasks.coco.pretrain.epochs": 1, "tasks.coco.pretrain.global_batch_size": 16,
+            "tasks.coco.pretrain.warmup_epochs": 0,
+            "tasks.coco.pretrain_data.embedded.num_train": 32,
+            "tasks.coco.pretrain_data.embedded.num_val": 20,
+            "tasks.coco.finetune.epochs": 2, "tasks.coco.finetune.global_batch_size": 4,
+            "tasks.coco.finetune.warmup_epochs": 0, "tasks.coco.finetune.test_batch_size": 4,
+            "tasks.coco.loader.num_workers": 0, "tasks.coco.loader.log_interval": 1}
+    lines, started_at = _interrupt_then_rerun(tmp_path, monkeypatch, "part", "coco", a, (b, a), opts)
+    assert lines[0].startswith("[run] starting coco"), lines
+    assert lines[1].startswith("[run] resuming coco"), lines
+    # both roots pretrain on the same embedded scenes: one cached pretraining serves both
+    assert started_at == [0, 1]
