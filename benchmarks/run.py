@@ -157,7 +157,10 @@ def describe_plan(plan, cache_root: Path, out=None) -> dict:
     info = plan_to_dict(plan)
     info["sources"] = plan.sources
     missing = []
-    for name, d in (("data", plan.data), ("pretrain_data", plan.pretrain_data)):
+    sources = [("data", plan.data)]
+    if plan.pretrain_data is not plan.data:  # detection pretrains on other images
+        sources.append(("pretrain_data", plan.pretrain_data))
+    for name, d in sources:
         if d.missing:
             missing.append(f"{name}: no root for {d.dataset} (and no embedded data in preset "
                            f"{plan.preset})" + (": pass --data-root" if name == "data" else

@@ -658,6 +658,9 @@ def format_plan(info: dict) -> str:
         show(section, info.get(section), skip=("name",) if section == "method" else ())
     for section in ("data", "pretrain_data"):
         d = info[section]
+        if section == "pretrain_data" and d == info["data"]:
+            lines.append("  pretrain_data: the task's data")
+            continue
         where = d["root"] or (f"embedded {d['dataset']} ({d['embedded']})" if d["embedded"]
                               else "MISSING: pass --data-root" if section == "data"
                               else "MISSING: set pretrain_data.root")
