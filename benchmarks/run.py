@@ -138,11 +138,11 @@ def work_dir_of(plan, record: Path, data: dict, cache_root: Path) -> Path:
 
 
 def cell_record_path(method: str, task: str, *, preset: str = "tiny", seed: int = 0,
-                     row: dict | None = None, out=None, cfg_options=None) -> Path:
+                     row: dict | None = None, out=None, cfg_options=None, data_root=None) -> Path:
     """Where the record of a cell is (or will be) written."""
     from engine.records import record_path
 
-    return record_path(out, make_plan(method, task, preset=preset, seed=seed,
+    return record_path(out, make_plan(method, task, preset=preset, seed=seed, data_root=data_root,
                                       cfg_options=cfg_options, row=row))
 
 

@@ -189,10 +189,15 @@ def fill(name: str, preset: str, seeds: int, run: bool, data_root=None, cache=No
     from engine.records import read_records
 
     table = TABLES[name]
-    out_root = Path(out_root) if out_root else REPO / "results" / preset
+    if out_root is None:
+        # a table of a user's data root sits apart from the embedded data's
+        out_root = REPO / "results" / preset
+        if data_root:
+            out_root = out_root / f"data-{Path(data_root).name}"
+    out_root = Path(out_root)
     runs_dir = out_root / "runs"
     for row, task, seed in cell_runs(table, seeds, preset):
-        path = cell_record_path(row.method, task, preset=preset, seed=seed,
+        path = cell_record_path(row.method, task, preset=preset, seed=seed, data_root=data_root,
                                 row=row.plan_overrides(preset), out=runs_dir)
         if path.exists() or not run:
             continue
@@ -213,7 +218,8 @@ def fill(name: str, preset: str, seeds: int, run: bool, data_root=None, cache=No
             if row.method is not None and available(col.task):
                 for seed in range(seeds):
                     path = cell_record_path(row.method, col.task, preset=preset, seed=seed,
-                                            row=row.plan_overrides(preset), out=runs_dir)
+                                            data_root=data_root, row=row.plan_overrides(preset),
+                                            out=runs_dir)
                     rec = records.get(path.name)
                     if rec is not None and col.metric in rec["metrics"]:
                         values.append(float(rec["metrics"][col.metric]))

@@ -60,10 +60,21 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9=.,_-]+", "_", text)
 
 
+def data_tag(plan) -> str:
+    """``@<root folder>-<hash of the roots>`` for a run on real data ("" on embedded
+    data), so a run on a user's folder never replaces the record of another data set."""
+    from .plan import stable_hash
+
+    roots = [d.root for d in (plan.data, plan.pretrain_data) if d.root]
+    if not roots:
+        return ""
+    return f"@{_slug(Path(roots[0]).name)}-{stable_hash(sorted(set(roots)), 6)}"
+
+
 def record_path(out, plan) -> Path:
     folder = Path(out) if out else REPO / "results" / plan.preset / "runs"
     variant = f"[{_slug(plan.variant)}]" if plan.variant else ""
-    return folder / f"{plan.method.name}{variant}__{plan.task}__seed{plan.seed}.json"
+    return folder / f"{plan.method.name}{variant}__{plan.task}{data_tag(plan)}__seed{plan.seed}.json"
 
 
 def build_record(plan, metrics, pretrained, wall, data: dict) -> dict:

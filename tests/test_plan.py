@@ -217,6 +217,10 @@ def test_same_command_on_two_data_roots_pretrains_twice(tmp_path):
     assert recs[0]["pretrained_checkpoint"] != recs[1]["pretrained_checkpoint"]
     assert recs[2]["pretrained_checkpoint"] == recs[0]["pretrained_checkpoint"]
     assert recs[1]["data"]["pretrain"]["root"] == str((tmp_path / "b").resolve())
+    # records are named by their data: a user's folder never replaces another data set's cell
+    names = [Path(r["path"]).name for r in recs]
+    assert names[0].startswith("part[") and "__cifar100@a-" in names[0] and "__cifar100@b-" in names[1]
+    assert names[2] == names[0]
 
 
 def test_tiny_coco_on_a_user_root_pretrains_on_the_embedded_source_and_says_so(tmp_path):
