@@ -15,6 +15,6 @@ python3 -m benchmarks.speed --repeats 10 2>&1 | tee "$OUT/speed_gpu.txt"
 for m in part mae; do
     python3 -m benchmarks.run --method $m --task cifar100 --cache /tmp/cache --out "$OUT/runs" \
         --cfg-options tasks.cifar100.pretrain.epochs=2 tasks.cifar100.finetune.epochs=2 \
-        tasks.cifar100.pretrain.num_workers=4 tasks.cifar100.finetune.num_workers=4 \
+        tasks.cifar100.loader.num_workers=4 \
         2>&1 | grep -E "Epoch\(train\).*\]\[60|acc1|error|Error|AmpOptim|record" | tail -8
 done 2>&1 | tee "$OUT/run_gpu.txt"
