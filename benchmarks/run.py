@@ -176,22 +176,16 @@ def describe_plan(plan, cache_root: Path, out=None) -> dict:
     info["missing_data"] = missing
 
     iterations = {}
-    phases = (("pretrain", plan.pretrain, plan.pretrain_data.dataset),
-              ("finetune", plan.finetune, plan.data.dataset))
-    for phase, sched, dataset in phases:
+    phases = (("pretrain", plan.pretrain, plan.pretrain_data), ("finetune", plan.finetune, plan.data))
+    for phase, sched, data in phases:
         if sched is None:
             continue
-        n, how = sizes.get(phase), "counted"
+        if data.root:
+            n, how = sizes.get(phase), "counted"
+        else:  # the generator's train split (a COCO one includes its images without objects)
+            n, how = (int(data.embedded["num_train"]), "embedded") if data.embedded else (None, "")
         if n is None:
-            if phase == "pretrain" and plan.pretrain_data.embedded and not plan.pretrain_data.root:
-                n, how = int(plan.pretrain_data.embedded["num_train"]), "embedded"
-            elif phase == "finetune" and plan.data.embedded and not plan.data.root:
-                n, how = int(plan.data.embedded["num_train"]), "embedded"
-            else:
-                n, how = PUBLISHED_TRAIN_SIZES.get(dataset), "published size"
-        elif (plan.data.root is None and phase == "finetune") or (
-                plan.pretrain_data.root is None and phase == "pretrain"):
-            how = "embedded"
+            n, how = PUBLISHED_TRAIN_SIZES.get(data.dataset), "published size"
         if n is None:
             continue
         per = sched.batch_per_process(plan.world_size)

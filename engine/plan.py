@@ -52,10 +52,8 @@ class EncoderPlan:
     modality: str = "2d"
 
     def as_kwargs(self) -> dict:
-        out = dataclasses.asdict(self)
-        if out["modality"] == "2d":
-            out.pop("modality")  # the default of build_encoder; keeps 2D checkpoints' metadata as before
-        return out
+        """The keyword arguments of :func:`methods.backbone.build_encoder`."""
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -100,6 +98,10 @@ class _Schedule:
 
 @dataclass(frozen=True)
 class PretrainPlan(_Schedule):
+    """One pretraining schedule for every method. The paper states epochs, lr 5e-4 and
+    batch 1024 (COCO's ImageNet pretraining); weight decay 0.05, betas (0.9, 0.95),
+    warmup 40 epochs and RandomResizedCrop(0.2, 1) + flip are MAE's pretraining values,
+    our choice where the paper gives none."""
     epochs: int = 400
     global_batch_size: int = 1024
     base_lr: float = 5e-4
@@ -115,9 +117,12 @@ class PretrainPlan(_Schedule):
 @dataclass(frozen=True)
 class FinetunePlan(_Schedule):
     """Classification finetuning. The defaults are DeiT's supervised recipe (its
-    ``main.py`` defaults): lr 5e-4 x batch / 512, min lr 1e-5, warmup 5, wd 0.05, no
-    layer decay, repeated augmentation x3, RandAugment, Mixup 0.8 / CutMix 1.0,
-    smoothing 0.1, random erasing 0.25, drop path 0.1."""
+    ``main.py`` defaults): lr 5e-4 x global batch / 512, min lr 1e-5, warmup 5, wd 0.05,
+    AdamW's default betas, no layer decay, repeated augmentation (3 repeats), RandAugment
+    rand-m9-mstd0.5-inc1, colour jitter 0.4, Mixup 0.8 / CutMix 1.0, smoothing 0.1,
+    random erasing 0.25, drop path 0.1. Where we differ (our choices): warmup starts at
+    1e-3 of the lr (DeiT: 1e-6), no 10-epoch cooldown at the minimum lr, no model EMA
+    (DeiT keeps one but reports the model itself), RandAugment magnitudes capped at 9."""
     recipe: str = "deit"
     epochs: int = 300
     global_batch_size: int = 1024

@@ -75,8 +75,8 @@ class Task:
         raise NotImplementedError  # abstract
 
     def train_sizes(self) -> dict[str, int | None]:
-        """Images per epoch of ``pretrain`` and ``finetune`` read from the data (None:
-        not available here); used by plans without the data set."""
+        """Images per epoch of ``pretrain`` and ``finetune`` counted in real data roots
+        (None where the plan's data has no root); ``--dry-run`` shows them."""
         raise NotImplementedError  # abstract
 
     def run(self, *, pretrained: Path | None, work_dir: Path, log=print) -> dict:

@@ -110,10 +110,6 @@ def write_embedded_classification(dataset: str, data_cache: Path, **embedded) ->
     return ensure_embedded_imagefolder(data_cache, **embedded)
 
 
-def embedded_train_size(embedded: dict) -> int:
-    return int(embedded["num_train"])
-
-
 class ClassificationTask(Task):
     kind = "classification"
     metric_names = ("acc1",)
@@ -138,11 +134,7 @@ class ClassificationTask(Task):
         self._split(False, None)
 
     def train_sizes(self):
-        d = self.plan.data
-        if d.root is None:
-            n = embedded_train_size(d.embedded) if d.embedded else None
-        else:
-            n = len(self._split(True, None))
+        n = len(self._split(True, None)) if self.plan.data.root else None
         return {"pretrain": n, "finetune": n}
 
     @property

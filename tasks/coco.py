@@ -418,10 +418,7 @@ class CocoTask(Task):
 
     def train_sizes(self):
         pre, data = self.plan.pretrain_data, self.plan.data
-        if pre.root:
-            n_pre = len(self._pretrain_split(True, None))
-        else:
-            n_pre = int(pre.embedded["num_train"]) if pre.embedded else None
+        n_pre = len(self._pretrain_split(True, None)) if pre.root else None
         n_ft = None
         if data.root:
             ann = Path(data.root) / "annotations" / "instances_train2017.json"
