@@ -1,0 +1,399 @@
+"""Frozen-encoder evaluation protocols: weighted kNN and a linear probe.
+
+Finetuning (``tasks/classification.py``) changes every weight of the encoder, so its
+accuracy mixes what pretraining learnt with what the finetuning recipe can recover.
+The two protocols here read the pretrained encoder as it is:
+
+- **kNN** (:func:`knn_classify`, :func:`knn_accuracy`): DINO's weighted k-nearest-
+  neighbour vote on L2-normalised features, no training at all.
+- **linear probe** (:class:`LinearProbe`, :func:`train_linear_probe`): one
+  ``nn.Linear`` trained on features computed once from the frozen encoder, on
+  mmengine's Runner through :func:`engine.runner.build_runner`, scored by the suite's
+  :class:`tasks.classification.Top1Accuracy`.
+
+Features (:func:`extract_features`) are the encoder's ``forward_features`` output
+(after its final norm): the [CLS] token (``pool="cls"``), the mean of the patch
+tokens (``pool="avg"``), or both concatenated (``pool="cls+avg"``). Images are read
+in the data set's order, in eval mode, without gradients.
+
+:func:`probe_encoder` runs one protocol and returns metrics with fixed names:
+
+- ``protocol="knn"``: ``knn_acc1_cls`` and ``knn_acc1_avg`` (top-1 %, one vote per pool);
+- ``protocol="linear"``: ``linear_acc1`` (top-1 %) of a probe on ``[CLS] ‖ mean of patch
+  tokens``. Our choice: PART and MP3 pretrain with losses on the patch tokens only
+  (``methods/part.py`` drops the [CLS] output), so a probe on [CLS] alone would score
+  an output their pretraining never trained; the concatenation reads both, alike for
+  every method.
+
+:func:`cached_features` keeps features on disk (one ``.pt`` per key, written
+atomically), so a table that runs several protocols on one checkpoint extracts each
+(checkpoint, data, split, pool) once.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.data as tud
+from sklearn.metrics import accuracy_score
+
+from engine.plan import _Schedule, stable_hash
+from engine.runner import SuiteModel, build_runner
+
+from .base import RunnerSamples
+from .classification import Top1Accuracy
+
+__all__ = ["POOLS", "KNN_K", "KNN_TEMPERATURE", "LINEAR_POOL", "extract_features", "knn_classify",
+           "knn_accuracy", "LinearProbe", "LinearProbePlan", "train_linear_probe", "probe_encoder",
+           "cached_features", "feature_cache_key"]
+
+POOLS = ("cls", "avg", "cls+avg")
+#: DINO's kNN protocol (eval_knn.py): k = 20 ("20 is usually working the best"), T = 0.07
+KNN_K = 20
+KNN_TEMPERATURE = 0.07
+#: the features the linear probe reads (see the module docstring)
+LINEAR_POOL = "cls+avg"
+
+
+# ------------------------------------------------------------------------ features
+def _pool_tokens(tokens: torch.Tensor, pool: str, num_prefix_tokens: int) -> torch.Tensor:
+    """``forward_features`` output ``(B, prefix + N, d)`` -> ``(B, d)`` (``(B, 2d)`` for cls+avg)."""
+    cls = tokens[:, 0]
+    avg = tokens[:, num_prefix_tokens:].mean(dim=1)
+    if pool == "cls":
+        return cls
+    if pool == "avg":
+        return avg
+    return torch.cat([cls, avg], dim=1)
+
+
+def _check_pool(pool: str) -> None:
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+
+
+def _extract_pools(encoder: nn.Module, dataset, pools: tuple[str, ...], batch_size: int,
+                   device=None, num_workers: int = 0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One pass over ``dataset``: ``{pool: (n, d) float32}`` on the CPU, and labels ``(n,)`` int64."""
+    for pool in pools:
+        _check_pool(pool)
+    if device is None:
+        device = next(encoder.parameters()).device
+    device = torch.device(device)
+    param_device = next(encoder.parameters()).device
+    if param_device != device:
+        raise ValueError(f"the encoder's weights are on {param_device}, features were asked on {device}: "
+                         f"move the encoder first (encoder.to({str(device)!r}))")
+    loader = tud.DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False,
+                            num_workers=num_workers)
+    prefix = int(encoder.num_prefix_tokens)
+    out: dict[str, list[torch.Tensor]] = {p: [] for p in pools}
+    labels: list[torch.Tensor] = []
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            for x, y in loader:
+                tokens = encoder.forward_features(x.to(device, non_blocking=True)).float()
+                for pool in pools:
+                    out[pool].append(_pool_tokens(tokens, pool, prefix).cpu())
+                labels.append(torch.as_tensor(y).reshape(-1).to(torch.int64))
+    finally:
+        encoder.train(was_training)
+    if not labels:
+        raise ValueError("cannot extract features from an empty data set")
+    return {p: torch.cat(v).contiguous() for p, v in out.items()}, torch.cat(labels)
+
+
+def extract_features(encoder: nn.Module, dataset, batch_size: int, pool: str = "cls", device=None,
+                     num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen features of every sample of ``dataset`` (which yields ``(x, label)``).
+
+    ``encoder``: a timm ``VisionTransformer`` (our :class:`methods.backbone.ViTEncoder`,
+    with or without position embeddings). Its ``forward_features`` output (after the
+    final norm) is pooled: ``cls`` = token 0, ``avg`` = mean of the tokens after the
+    ``encoder.num_prefix_tokens`` prefix tokens, ``cls+avg`` = both concatenated.
+    Eval mode (restored afterwards), no gradients, the data set's order. ``device``:
+    where the encoder runs (None: where its weights are; they are never moved here).
+
+    Returns ``(features float32 (n, d), labels int64 (n,))``, both on the CPU.
+    """
+    feats, labels = _extract_pools(encoder, dataset, (pool,), batch_size, device, num_workers)
+    return feats[pool], labels
+
+
+# ------------------------------------------------------------------------ cache
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
+
+
+def feature_cache_key(**parts) -> str:
+    """A file-name-safe key for :func:`cached_features` from what makes features differ:
+    e.g. ``feature_cache_key(checkpoint=..., data=..., split="train", pool="cls",
+    img_size=32)``. Readable prefix (split and pool when given) + a hash of all parts."""
+    readable = [str(parts[k]) for k in ("split", "pool") if k in parts]
+    readable = [re.sub(r"[^A-Za-z0-9.=+-]", "-", r) for r in readable]
+    return "__".join(["feat", *readable, stable_hash(parts, n=16)])
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def cached_features(cache_dir: str | Path | None, key: str, compute_fn: Callable[[], object]):
+    """``compute_fn()``'s result (tensors, or tuples/dicts of tensors), kept in
+    ``cache_dir/<key>.pt``: read when the file exists, else computed and written
+    atomically (temporary file + ``os.replace``: a killed run leaves no half file).
+    ``cache_dir=None`` computes without caching. ``key`` must be a plain file name."""
+    if cache_dir is None:
+        return compute_fn()
+    if not _KEY.match(key):
+        raise ValueError(f"feature cache key must be a plain file name ([A-Za-z0-9._=+-]), got {key!r}")
+    path = Path(cache_dir) / f"{key}.pt"
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    value = compute_fn()
+    _atomic_torch_save(value, path)
+    return value
+
+
+# ------------------------------------------------------------------------ kNN
+@torch.no_grad()
+def knn_classify(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
+                 k: int = KNN_K, temperature: float = KNN_TEMPERATURE, num_classes: int | None = None,
+                 chunk: int = 256) -> torch.Tensor:
+    """Weighted kNN predictions ``(n_test,)`` int64, on ``test_feats``' device.
+
+    DINO's protocol, as its public ``eval_knn.py`` does it (facebookresearch/dino,
+    commit 7c446df, checked for this function): features are L2-normalised (lines
+    81-82), similarity is their dot product, i.e. the cosine (line 158), the ``k``
+    most similar training samples vote (line 159) with weight ``exp(sim / T)``
+    (line 165) summed per class (lines 166-172), and the class with the largest sum
+    wins (line 173). Defaults k = 20 and T = 0.07: its ``--nb_knn`` (20 among 10, 20,
+    100, 200; "20 is usually working the best", lines 194-195) and ``--temperature``
+    (line 196). ``k`` larger than the training set is clipped to its size (our choice;
+    DINO's ``topk`` would fail). Ties go to the lowest class index (``argmax``).
+
+    ``chunk`` test samples are scored at a time, so memory is ``chunk x n_train``
+    similarities whatever the test set's size; predictions do not depend on it.
+    """
+    if train_feats.ndim != 2 or test_feats.ndim != 2 or train_feats.shape[1] != test_feats.shape[1]:
+        raise ValueError(f"features must be (n, d) with one d, got {tuple(train_feats.shape)} and "
+                         f"{tuple(test_feats.shape)}")
+    if len(train_labels) != len(train_feats):
+        raise ValueError(f"{len(train_feats)} training features but {len(train_labels)} labels")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    device = test_feats.device
+    train = F.normalize(train_feats.float().to(device), dim=1)
+    test = F.normalize(test_feats.float(), dim=1)
+    labels = train_labels.to(device=device, dtype=torch.int64)
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1
+    k = min(int(k), train.shape[0])
+    preds = []
+    for start in range(0, test.shape[0], chunk):
+        sim = test[start:start + chunk] @ train.T                # (b, n_train) cosines
+        top_sim, top_idx = sim.topk(k, dim=1, largest=True, sorted=True)
+        weights = (top_sim / temperature).exp()                  # (b, k)
+        votes = torch.zeros(top_sim.shape[0], num_classes, device=device, dtype=weights.dtype)
+        votes.scatter_add_(1, labels[top_idx], weights)          # (b, classes)
+        preds.append(votes.argmax(dim=1))
+    if not preds:
+        return torch.zeros(0, dtype=torch.int64, device=device)
+    return torch.cat(preds)
+
+
+def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
+                 test_labels: torch.Tensor, k: int = KNN_K, temperature: float = KNN_TEMPERATURE,
+                 num_classes: int | None = None, chunk: int = 256) -> float:
+    """Top-1 accuracy (%) of :func:`knn_classify`, by scikit-learn's ``accuracy_score``."""
+    preds = knn_classify(train_feats, train_labels, test_feats, k=k, temperature=temperature,
+                         num_classes=num_classes, chunk=chunk)
+    return 100.0 * float(accuracy_score(test_labels.cpu().numpy(), preds.cpu().numpy()))
+
+
+# ------------------------------------------------------------------------ linear probe
+@dataclass(frozen=True)
+class LinearProbePlan(_Schedule):
+    """The linear probe's schedule, with the fields :func:`engine.runner.build_runner`
+    reads. Epochs 100, no weight decay, cosine decay to 0 with no warmup, lr scaled
+    as lr x global batch / 256 are DINO's ``eval_linear.py`` (lines 103-109, 265-269).
+    The optimizer is AdamW, since ``build_runner`` trains with AdamW, not DINO's SGD
+    (momentum 0.9): base lr 1e-3 (numerically DINO's default, which was tuned for
+    SGD), betas (0.9, 0.999) and global batch 256 are our choices. The decay is per
+    iteration (build_runner's), DINO's per epoch."""
+    epochs: int = 100
+    global_batch_size: int = 256
+    base_lr: float = 1e-3
+    lr_reference_batch: int | None = 256
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.999)
+    warmup_epochs: float = 0
+    min_lr: float = 0.0
+    grad_accum: int = 1
+
+
+class LinearProbe(SuiteModel):
+    """One ``nn.Linear`` on precomputed frozen features (no BatchNorm), trained with
+    cross-entropy. Weights ~ N(0, 0.01^2), bias 0, as DINO's ``LinearClassifier``
+    (eval_linear.py lines 242-244), drawn from a generator seeded with ``seed``.
+    Inputs are ``{"inputs": (B, d) features, "data_samples": (B,) labels}``;
+    predictions are the dicts :class:`tasks.classification.Top1Accuracy` reads."""
+
+    def __init__(self, dim: int, num_classes: int, seed: int = 0):
+        super().__init__()
+        self.linear = nn.Linear(dim, num_classes)
+        gen = torch.Generator().manual_seed(int(seed))
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.randn(self.linear.weight.shape, generator=gen) * 0.01)
+            self.linear.bias.zero_()
+        self.criterion = nn.CrossEntropyLoss()
+
+    def forward(self, inputs, data_samples=None, mode: str = "loss"):
+        logits = self.linear(inputs.float())
+        if mode == "loss":
+            return {"loss": self.criterion(logits, data_samples.long())}
+        preds = logits.argmax(dim=-1)
+        return [{"pred": p, "label": y} for p, y in zip(preds.tolist(), data_samples.tolist())]
+
+
+def _feature_samples(feats: torch.Tensor, labels: torch.Tensor) -> RunnerSamples:
+    return RunnerSamples(tud.TensorDataset(feats.float().cpu().contiguous(),
+                                           labels.to(torch.int64).cpu()))
+
+
+def train_linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
+                       test_labels: torch.Tensor, num_classes: int, work_dir: str | Path,
+                       schedule: LinearProbePlan | None = None, batch_per_process: int | None = None,
+                       loader=None, seed: int = 0, log=print) -> dict:
+    """Train a :class:`LinearProbe` on cached features and score it: ``{"acc1": %}``.
+
+    The features are held in memory as a tensor data set (read every epoch, never
+    recomputed) and trained on mmengine's Runner by :func:`engine.runner.build_runner`
+    with ``schedule`` (default :class:`LinearProbePlan`), ``batch_per_process``
+    (default: the schedule's global batch over ``WORLD_SIZE``), and ``loader``'s log
+    interval (default 50). The loader runs in the main process: the samples are
+    already tensors, workers would only add start-up time (our choice). ``work_dir``
+    belongs to this probe alone: the Runner resumes from the last checkpoint it finds
+    there. Accuracy is :class:`tasks.classification.Top1Accuracy` on the test features.
+    """
+    schedule = schedule or LinearProbePlan()
+    if batch_per_process is None:
+        batch_per_process = schedule.batch_per_process(int(os.environ.get("WORLD_SIZE", "1")))
+    loader = SimpleNamespace(num_workers=0, log_interval=getattr(loader, "log_interval", 50))
+    model = LinearProbe(train_feats.shape[1], num_classes, seed=seed)
+    log(f"linear probe: {train_feats.shape[1]}-d features, {len(train_feats)} train / "
+        f"{len(test_feats)} test, {num_classes} classes, {schedule.epochs} epochs, "
+        f"lr {schedule.lr:g} ({schedule.lr_rule})")
+    runner = build_runner(
+        model, work_dir, _feature_samples(train_feats, train_labels), schedule=schedule,
+        batch_per_process=batch_per_process, loader=loader, seed=seed,
+        test_dataset=_feature_samples(test_feats, test_labels),
+        test_evaluator=dict(type=Top1Accuracy.__name__),
+        # the probe has no ``encoder`` for the layer-decay constructor to group
+        optim_constructor="DefaultOptimWrapperConstructor",
+        # unique: mmengine shares a message hub between Runners of one name and second
+        experiment_name=f"linear_probe_{uuid.uuid4().hex[:8]}")
+    runner.train()
+    metrics = runner.test()
+    return {"acc1": float(metrics["acc1"])}
+
+
+# ------------------------------------------------------------------------ one call
+def _num_classes(train_set, *label_sets: torch.Tensor) -> int:
+    classes = getattr(train_set, "classes", None)
+    if classes is not None:
+        return len(classes)
+    return int(max(int(lab.max()) for lab in label_sets)) + 1
+
+
+def _not_cached():
+    raise FileNotFoundError("a feature file went missing while it was read")
+
+
+def _split_features(encoder, dataset, split: str, pools: tuple[str, ...], batch_size: int, device,
+                    num_workers: int, cache_dir, cache_key: str | None):
+    """{pool: features}, labels for one split; with a cache, one encoder pass computes
+    every pool that is not cached yet (cls and avg stored apart; cls+avg is their
+    concatenation)."""
+    stored = tuple(dict.fromkeys(p for pool in pools for p in (("cls", "avg") if pool == "cls+avg"
+                                                                 else (pool,))))
+    if cache_dir is None or cache_key is None:
+        feats, labels = _extract_pools(encoder, dataset, stored, batch_size, device, num_workers)
+    else:
+        keys = {p: f"{cache_key}__{split}__{p}" for p in stored}
+        missing = [p for p in stored if not (Path(cache_dir) / f"{keys[p]}.pt").is_file()]
+        if missing:  # one pass for every pool (cheaper than reading some back)
+            feats, labels = _extract_pools(encoder, dataset, stored, batch_size, device, num_workers)
+            for p in missing:
+                cached_features(cache_dir, keys[p], lambda p=p: (feats[p], labels))
+        else:
+            loaded = {p: cached_features(cache_dir, keys[p], _not_cached) for p in stored}
+            feats = {p: loaded[p][0] for p in stored}
+            labels = loaded[stored[0]][1]
+    out = {}
+    for pool in pools:
+        out[pool] = torch.cat([feats["cls"], feats["avg"]], dim=1) if pool == "cls+avg" else feats[pool]
+    return out, labels
+
+
+def probe_encoder(encoder: nn.Module, train_set, test_set, protocol: str, *, batch_size: int = 256,
+                  device=None, num_workers: int = 0, num_classes: int | None = None,
+                  k: int = KNN_K, temperature: float = KNN_TEMPERATURE, work_dir: str | Path | None = None,
+                  schedule: LinearProbePlan | None = None, batch_per_process: int | None = None,
+                  loader=None, seed: int = 0, cache_dir: str | Path | None = None,
+                  cache_key: str | None = None, log=print) -> dict:
+    """Evaluate a frozen ``encoder`` with one protocol; metrics with fixed names.
+
+    ``protocol="knn"``: ``{"knn_acc1_cls", "knn_acc1_avg"}``, :func:`knn_accuracy`
+    (k, temperature) on [CLS] and on the mean patch token (the vote runs on
+    ``device``). ``protocol="linear"``: ``{"linear_acc1"}``, :func:`train_linear_probe`
+    on ``[CLS] ‖ mean patch token`` (:data:`LINEAR_POOL`) in ``work_dir``.
+
+    ``train_set``/``test_set`` yield ``(x, label)`` with evaluation transforms (no
+    augmentation: features are computed once). With ``cache_dir`` and ``cache_key``
+    (e.g. :func:`feature_cache_key` of the checkpoint and data), features are kept as
+    ``<cache_key>__<split>__<pool>.pt`` and the next protocol reuses them. The encoder's
+    weights and train/eval mode are left as they were.
+    """
+    if protocol == "knn":
+        pools: tuple[str, ...] = ("cls", "avg")
+    elif protocol == "linear":
+        pools = (LINEAR_POOL,)
+        if work_dir is None:
+            raise ValueError("the linear probe needs a work_dir (its Runner's checkpoints and logs)")
+    else:
+        raise ValueError(f"protocol must be 'knn' or 'linear', got {protocol!r}")
+    args = (batch_size, device, num_workers, cache_dir, cache_key)
+    train, train_labels = _split_features(encoder, train_set, "train", pools, *args)
+    test, test_labels = _split_features(encoder, test_set, "test", pools, *args)
+    if num_classes is None:
+        num_classes = _num_classes(train_set, train_labels, test_labels)
+    if protocol == "knn":
+        vote_device = device if device is not None else next(encoder.parameters()).device
+        return {f"knn_acc1_{pool}": knn_accuracy(train[pool].to(vote_device), train_labels,
+                                                 test[pool].to(vote_device), test_labels, k=k,
+                                                 temperature=temperature, num_classes=num_classes)
+                for pool in pools}
+    result = train_linear_probe(train[LINEAR_POOL], train_labels, test[LINEAR_POOL], test_labels,
+                                num_classes, work_dir, schedule=schedule,
+                                batch_per_process=batch_per_process, loader=loader, seed=seed, log=log)
+    return {"linear_acc1": result["acc1"]}
