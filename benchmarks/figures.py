@@ -2,14 +2,20 @@
 
     python -m benchmarks.figures [--method part] [--preset tiny] [--images 4]
 
-- Fig. 4, reconstruction: one reference patch is fixed and every other patch is placed
-  at the reference centre plus the predicted (dx, dy) times the reference size,
-  beside the same patches placed at their true positions.
+- Fig. 4, reconstruction: one reference patch is fixed at its true position (the
+  origin of the reconstruction) and every other patch j is placed at the reference
+  centre plus the predicted (dx, dy) of the pair (ref, j) times the reference size,
+  beside the same patches placed at their true positions. The paper fixes "one random
+  reference patch": the default draws it at random per image (from the figure's seed);
+  ``--reference central`` takes the patch nearest the image centre. The reference's own
+  self-pair prediction (ref, ref), never a training target, is not used.
 - Fig. 5, uncertainty: one target patch is placed from every reference patch; the
   spread of those placements is the patch's uncertainty.
 - Fig. 6, symmetry: the N x N matrices of predicted and true dx, dy, in sampling order
   and sorted by position (top-left to bottom-right); the antisymmetry score
-  ||M + M^T|| / ||M|| is 0 for a perfectly antisymmetric matrix.
+  ||M + M^T|| / ||M|| over the off-diagonal entries is 0 for a perfectly antisymmetric
+  matrix and 2 for a symmetric one. The diagonal (a patch paired with itself) is left
+  out: its true value is 0 and its prediction is not a trained pair.
 
 Images are held-out images of the task's data; PNGs go to ``results/<preset>/figures/``.
 """
@@ -25,8 +31,34 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+REFERENCES = ("random", "central")
+
+
 def antisymmetry(m: torch.Tensor) -> float:
-    return float((m + m.T).norm() / m.norm().clamp_min(1e-12))
+    """``||M + M^T|| / ||M||`` over the off-diagonal entries of a square matrix."""
+    off = ~torch.eye(m.shape[0], dtype=torch.bool, device=m.device)
+    return float((m + m.T)[off].norm() / m[off].norm().clamp_min(1e-12))
+
+
+def pick_reference(centres: np.ndarray, shape, reference: str = "random",
+                   generator: torch.Generator | None = None) -> int:
+    """Index of Fig. 4's reference patch among ``centres`` (N, 2) (x, y): a uniformly
+    random one, or the one nearest the centre of an image of ``shape`` (h, w)."""
+    if reference == "random":
+        return int(torch.randint(len(centres), (1,), generator=generator))
+    if reference == "central":
+        h, w = shape
+        return int(np.argmin(((np.asarray(centres) - [w / 2, h / 2]) ** 2).sum(-1)))
+    raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
+
+
+def reconstruction_centres(centres: np.ndarray, sizes: np.ndarray, pred: np.ndarray,
+                           ref: int) -> np.ndarray:
+    """Fig. 4's placements (N, 2): patch j at ``centres[ref] + pred[ref, j, :2] *
+    sizes[ref]``, and the reference itself at its true centre (the origin)."""
+    placed = centres[ref] + np.asarray(pred)[ref, :, :2] * sizes[ref]
+    placed[ref] = centres[ref]
+    return placed
 
 
 def _unnormalise(img: torch.Tensor) -> np.ndarray:
@@ -58,7 +90,8 @@ def place_patches(patches: np.ndarray, centres: np.ndarray, sizes: np.ndarray, s
     return canvas
 
 
-def make_figures(method, images: torch.Tensor, out_dir: Path, tag: str, seed: int = 0) -> dict:
+def make_figures(method, images: torch.Tensor, out_dir: Path, tag: str, seed: int = 0,
+                 reference: str = "random") -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -76,12 +109,14 @@ def make_figures(method, images: torch.Tensor, out_dir: Path, tag: str, seed: in
     margin = w // 4
     summary = {}
 
-    # Fig. 4: reconstruction from the most central reference patch
+    # Fig. 4: reconstruction around one fixed reference patch per image
     fig, axes = plt.subplots(3, b, figsize=(2.2 * b, 6.6), squeeze=False)
+    refs = []
     for i in range(b):
-        ref = int(np.argmin(((centres[i] - [w / 2, h / 2]) ** 2).sum(-1)))
+        ref = pick_reference(centres[i], (h, w), reference, g)
+        refs.append(ref)
         p_img = np.stack([_unnormalise(p) for p in patches[i]])
-        placed = centres[i, ref] + pred[i, ref, :, :2].numpy() * sizes[i, ref]
+        placed = reconstruction_centres(centres[i], sizes[i], pred[i].numpy(), ref)
         axes[0, i].imshow(_unnormalise(images[i]))
         axes[1, i].imshow(place_patches(p_img, centres[i], sizes[i], (h, w), margin))
         axes[2, i].imshow(place_patches(p_img, placed, sizes[i], (h, w), margin))
@@ -94,6 +129,7 @@ def make_figures(method, images: torch.Tensor, out_dir: Path, tag: str, seed: in
     fig.tight_layout()
     fig.savefig(out_dir / f"fig4_reconstruction_{tag}.png", dpi=110)
     plt.close(fig)
+    summary["reconstruction_reference"] = refs
 
     # Fig. 5: uncertainty of three target patches of the first image
     i = 0
@@ -148,13 +184,20 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="tiny")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", type=int, default=4)
+    p.add_argument("--reference", choices=REFERENCES, default="random",
+                   help="Fig. 4's fixed reference patch: random (default, as the paper) or "
+                        "the one nearest the image centre")
     p.add_argument("--data-root", default=None)
     p.add_argument("--cache", default=None)
     p.add_argument("--out", default=None)
+    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     args = p.parse_args(argv)
 
     from benchmarks.run import pretrained_method
-    from engine.errors import PartBenchError
+    from engine.cli import configure_logging, report_user_error, user_errors
+    from engine.records import results_dir
+
+    configure_logging()
 
     try:
         for name in args.method:
@@ -162,19 +205,18 @@ def main(argv=None) -> int:
             method, task = pretrained_method(name, "pretext", preset=args.preset, seed=args.seed,
                                              data_root=args.data_root, cache=args.cache,
                                              cfg_options={"tasks.pretext.source": args.task})
-            if not hasattr(method, "pair_matrices"):
-                raise PartBenchError(f"figures 4-6 need a PART variant, got {name!r}")
-            held = task.heldout_images()
+            held = task.heldout_set()
             images = torch.stack([held[i][0] for i in range(args.images)])
-            out = Path(args.out) if args.out else REPO / "results" / args.preset / "figures"
-            summary = make_figures(method, images, out, name, args.seed)
+            out = Path(args.out) if args.out else results_dir(args.preset) / "figures"
+            summary = make_figures(method, images, out, name, args.seed, args.reference)
             print(f"[figures] {name}: {out}/fig4-6_*_{name}.png  " +
                   "  ".join(f"{k}={v if not isinstance(v, list) else [round(x, 1) for x in v]}"
                             if not isinstance(v, float) else f"{k}={v:.3f}"
                             for k, v in summary.items()))
-    except PartBenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except user_errors() as exc:
+        if args.debug:
+            raise
+        return report_user_error(exc)
     return 0
 
 

@@ -3,7 +3,7 @@
 Per image and iteration:
 
 1. MAE-style patch masking: keep ``K = N - round(mask_ratio * N)`` random grid patches
-   (:func:`methods.mae.random_masking`);
+   (:func:`methods.layers.random_masking`);
 2. position dropping: among the K visible tokens, ``round(pos_mask_ratio * K)`` random
    ones get a learnable ``mask_pos_token`` (1, 1, d) instead of their position
    embedding; the others, and [CLS], keep theirs;
@@ -16,30 +16,85 @@ Per image and iteration:
    reconstruction).
 
 Position embeddings are the encoder's ``pos_embed`` set to fixed sin-cos values with
-a zero [CLS] entry, exactly as in :mod:`methods.mae` (same helpers).
+a zero [CLS] entry, as in :mod:`methods.mae` (:mod:`methods.layers.sincos`).
 
 Position smoothing (``position_smoothing=True``): the label of a token at grid cell
 ``i`` is ``w_ij = exp(-dist(i, j)^2 / sigma^2)`` over all cells j, with ``dist`` the
-Euclidean distance between cells in grid-cell units (``|i - j|`` in 1D), each row
-normalised to sum to exactly 1. (The public code does not normalise the rows exactly;
-this one does, so the loss is a proper cross-entropy between distributions.) sigma
-decays linearly from ``sigma_start`` to 0 over training: the training loop calls
-:meth:`DropPos.set_progress` with the fraction done (stored in the ``progress``
-buffer), and ``sigma = sigma_start * (1 - progress)``. At sigma 0 the labels are exactly
-one-hot (no NaN: sigma^2 is clamped to a tiny positive value, which leaves only the
-diagonal). ``sigma_start=1.0`` grid cell is a choice of ours *(assumption)*: the public
-code's starting value is tied to its own 14 x 14 setting.
+Euclidean distance between cells of the encoder's own grid in grid-cell units
+(``|i - j|`` in 1D), each row normalised to sum to exactly 1
+(:func:`smoothed_position_labels`). At sigma 0 the labels are exactly one-hot (no NaN:
+sigma^2 is clamped to a tiny positive value, which leaves only the diagonal).
 
-Attentive reconstruction (``attentive_reconstruction=True``): per-token weights
-``softmax_j(cos(CLS_out, token_out_j) / attn_temperature)`` over the dropped tokens of
-each image, computed from the encoder's outputs under ``torch.no_grad()`` (no gradient
-flows through them), multiplied by the number of dropped tokens so that their mean is
-1, multiplying each dropped token's cross-entropy.
+- ``sigma_start=1.0`` grid cell is the public value: ``--label_smoothing_sigma 1
+  --sigma_decay`` in the public ``scripts/pretrain_base.sh`` and ``PRETRAIN.md``
+  (``main_pretrain.py`` defaults to 0, no smoothing; the released recipe sets 1).
+- Decay: the public ``engine_pretrain.py`` (``train_one_epoch``) sets
+  ``sigma = (1 - epoch / epochs) * sigma_start`` once at the start of every epoch and
+  keeps it for the whole epoch, so it falls in steps from ``sigma_start`` (epoch 0) to
+  ``sigma_start / epochs`` (last epoch) and never reaches 0. Ours decays linearly per
+  iteration: the training loop calls :meth:`DropPos.on_train_progress` before every
+  step with the fraction of training done (0 at the first step, 1.0 at the last; kept
+  in the ``progress`` buffer) and ``sigma = sigma_start * (1 - progress)``, reaching 0
+  at the last step. Ours is never above the public value at the same step and at most
+  ``sigma_start / epochs`` below it (a lag of at most one epoch); negligible at the
+  public 800 epochs, visible in runs of a few epochs (our choice: the method does not
+  know the epoch length).
+- The public smoothing map is wrong at 224 / 16, and we do not copy it. Its
+  ``engine_pretrain.py`` builds the map with ``_get_label_smoothing_map(num_patches,
+  sigma)`` where ``num_patches = (input_size // token_size) ** 2``; the released
+  recipe passes ``--token_size 14`` (patches per side, as ``main_pretrain.py``'s help
+  and ``mask_transform.py`` read it), so this is ``(224 // 14) ** 2 = 256``: a 256 x 256
+  map over a 16 x 16 grid, cell i at ``(i // 16, i % 16)``.
+  ``models_DropPos_mae.py`` (``forward_drop_pos_loss``) then gathers row ``ids_keep``
+  (indices of the 14 x 14 grid, 0..195) and the first L = 196 columns. The peak stays
+  on the right cell, but the smoothing mass goes to the wrong cells: the "vertical"
+  neighbours of cell i are read as ``i +- 16`` (on the 14-wide grid: one row down and
+  two columns right, or one row up and two left) instead of ``i +- 14``, cells at the
+  end of a row are neighbours of the next row's start (e.g. (0, 13) and (1, 0)), and the
+  mass in columns 196..255 is cut off. The map is also not row-normalised:
+  ``weight / weight.sum(-1)`` divides column j by row j's sum (broadcasting), so after
+  the cut the rows sum to between about 0.66 and 1.11 at sigma 1. We build the map on
+  the encoder's actual grid (``patch_embed.grid_size``) and normalise every row to 1,
+  i.e. the paper's description.
+
+Attentive reconstruction (``attentive_reconstruction=True``), as the public code
+(``models_DropPos_mae.py``, flag ``--attn_guide``): ``get_feature_similarity`` runs a
+separate forward pass under ``torch.no_grad()`` over the full, unmasked image: every
+one of the N patches with its own sin-cos position embedding (no position dropped, no
+``mask_pos_token``), [CLS] with its (zero) entry, all blocks and the final norm; the
+score of patch j is ``softmax_j(cos(CLS_out, patch_out_j) / 0.1)`` over all N patches.
+``forward_encoder`` gathers the scores of the K visible tokens (``ids_keep``) and
+renormalises them to sum 1 per image, which equals a softmax over the K visible tokens
+of the same cosines (what :func:`attentive_weights` computes). ``forward_drop_pos_loss``
+multiplies the dropped-position mask by them: ``loss = sum(w * ce) / sum(w)`` over the
+dropped tokens of the batch (per GPU there, per process here; :func:`position_loss`),
+so an image whose dropped tokens hold more of its visible weight counts more. No
+gradient flows through the weights. ``attentive_source`` picks the features:
+
+- ``"full_image"`` (default, the public code): the separate full-image pass above
+  (:meth:`DropPos.full_image_features`), one extra forward over all N patches per step.
+  It runs the encoder in its current mode, as the public code does (its blocks are
+  timm ``Block``s with the default ``drop=0``, ``drop_path=0``; our pretraining builds
+  the encoder without drop path too, so the pass is deterministic);
+- ``"masked"`` (our variant): the masked training pass's own outputs ([CLS] and the K
+  visible tokens, with their dropped positions), detached; no extra pass. Same softmax
+  over the visible tokens and the same loss normalisation, so the switch changes only
+  the features. (Version 1 of this class used these features with a softmax over the
+  dropped tokens only and a per-image mean of 1; that normalisation is gone.)
+
+Initialisation, as the public code (``models_DropPos_mae.py``: ``initialize_weights``
+and ``_init_weights``, the same as MAE's): the encoder by
+:func:`methods.layers.init.init_vit_encoder_like_mae`, the decoder's linear layers and
+LayerNorms by the same rule, ``mask_pos_token`` normal(0.02).
+
+Reported ``pos_acc`` is the plain accuracy over dropped tokens (the public ``acc1`` is
+weighted like the loss; our choice, it is only a metric).
 
 Config: ``mask_ratio=0.75``, ``pos_mask_ratio=0.75``, ``decoder_dim=512``,
 ``decoder_depth=2``, ``decoder_heads=16``, ``decoder_mlp_ratio=4.0``,
 ``position_smoothing=True``, ``sigma_start=1.0``, ``attentive_reconstruction=True``,
-``attn_temperature=0.1``. Works in 2D and in 1D (``encoder.modality='1d'``).
+``attentive_source="full_image"``, ``attn_temperature=0.1``. Works in 2D and in 1D
+(``encoder.modality='1d'``).
 """
 from __future__ import annotations
 
@@ -48,11 +103,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import PretrainMethod
-from .mae import (build_decoder_blocks, gather_tokens, init_linear_and_norm, num_kept, patchify,
-                  random_masking, set_fixed_sincos_pos_embed)
+from .layers import (build_decoder_blocks, gather_tokens, init_linear_and_norm, num_kept,
+                     patchify, random_masking, set_fixed_sincos_pos_embed)
+from .layers.init import init_vit_encoder_like_mae
 
 __all__ = ["DropPos", "grid_coordinates", "smoothed_position_labels", "position_loss",
-           "attentive_weights", "drop_positions"]
+           "attentive_weights", "drop_positions", "ATTENTIVE_SOURCES"]
+
+ATTENTIVE_SOURCES = ("full_image", "masked")
 
 
 def grid_coordinates(grid_size: tuple[int, ...], device=None) -> torch.Tensor:
@@ -79,31 +137,34 @@ def smoothed_position_labels(coords: torch.Tensor, sigma) -> torch.Tensor:
 
 def position_loss(logits: torch.Tensor, labels: torch.Tensor, dropped: torch.Tensor,
                   weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Soft-label cross-entropy averaged over the tokens with ``dropped`` True.
+    """Soft-label cross-entropy over the tokens with ``dropped`` True.
 
     logits, labels ``(B, K, N)``; dropped ``(B, K)`` bool; weights ``(B, K)`` or None.
-    Tokens with ``dropped`` False contribute nothing, whatever their logits or labels.
+    Without weights: the mean over the dropped tokens of the batch. With weights:
+    ``sum(w * ce) / sum(w)`` over the dropped tokens of the whole batch (the public
+    ``forward_drop_pos_loss``). Tokens with ``dropped`` False contribute nothing,
+    whatever their logits, labels or weights.
     """
     ce = -(labels * F.log_softmax(logits.float(), dim=-1)).sum(-1)       # (B, K)
-    keep = dropped.to(ce.dtype)
-    if weights is not None:
-        keep = keep * weights.to(ce.dtype)
     ce = torch.where(dropped, ce, torch.zeros_like(ce))  # a NaN elsewhere cannot leak in
-    return (ce * keep).sum() / dropped.sum().clamp_min(1)
+    if weights is None:
+        return ce.sum() / dropped.sum().clamp_min(1)
+    w = torch.where(dropped, weights.to(ce.dtype), torch.zeros_like(ce))
+    return (ce * w).sum() / w.sum().clamp_min(1e-12)
 
 
 @torch.no_grad()
-def attentive_weights(cls_out: torch.Tensor, tokens_out: torch.Tensor, dropped: torch.Tensor,
+def attentive_weights(cls_out: torch.Tensor, tokens_out: torch.Tensor,
                       temperature: float = 0.1) -> torch.Tensor:
-    """``(B, K)`` weights: softmax over each image's dropped tokens of
-    ``cos(CLS, token) / temperature``, times their count (mean 1); 0 elsewhere.
+    """``(B, M)`` weights: ``softmax_j(cos(CLS, token_j) / temperature)`` over each
+    image's M tokens (each row sums to 1). Detached.
 
-    cls_out ``(B, d)``, tokens_out ``(B, K, d)``, dropped ``(B, K)`` bool. Detached.
+    cls_out ``(B, d)``, tokens_out ``(B, M, d)``. Pass the outputs of the K visible
+    tokens: a softmax over all N patches gathered at the visible ones and renormalised
+    (the public code's order of operations) is the same thing.
     """
     cos = F.cosine_similarity(tokens_out.float(), cls_out.float()[:, None], dim=-1)
-    logits = (cos / temperature).masked_fill(~dropped, float("-inf"))
-    w = logits.softmax(dim=1).nan_to_num(0.0) * dropped.sum(1, keepdim=True)
-    return torch.where(dropped, w, torch.zeros_like(w)).detach()
+    return (cos / temperature).softmax(dim=1).detach()
 
 
 def drop_positions(batch_size: int, num_tokens: int, num_dropped: int, device=None,
@@ -116,14 +177,18 @@ def drop_positions(batch_size: int, num_tokens: int, num_dropped: int, device=No
 
 class DropPos(PretrainMethod):
     pretrain_pos_embed = True
+    #: 2: attentive weights from a full-image pass, normalised as the public code;
+    #: encoder initialised as the public code (was timm's ViT init)
+    version = 2
 
     def __init__(self, encoder: dict, mask_ratio: float = 0.75, pos_mask_ratio: float = 0.75,
                  decoder_dim: int = 512, decoder_depth: int = 2, decoder_heads: int = 16,
                  decoder_mlp_ratio: float = 4.0, position_smoothing: bool = True,
                  sigma_start: float = 1.0, attentive_reconstruction: bool = True,
-                 attn_temperature: float = 0.1):
+                 attentive_source: str = "full_image", attn_temperature: float = 0.1):
         super().__init__(encoder)
         enc = self.encoder
+        init_vit_encoder_like_mae(enc)
         set_fixed_sincos_pos_embed(enc)
         self.patch_size = enc.patch_size
         self.num_patches = enc.num_patches
@@ -138,9 +203,15 @@ class DropPos(PretrainMethod):
                              f"{self.num_visible} visible tokens")
         if sigma_start < 0:
             raise ValueError(f"sigma_start must be >= 0, got {sigma_start}")
+        if attentive_source not in ATTENTIVE_SOURCES:
+            raise ValueError(f"attentive_source must be one of {ATTENTIVE_SOURCES}, "
+                             f"got {attentive_source!r}")
+        if attn_temperature <= 0:
+            raise ValueError(f"attn_temperature must be > 0, got {attn_temperature}")
         self.position_smoothing = bool(position_smoothing)
         self.sigma_start = float(sigma_start)
         self.attentive_reconstruction = bool(attentive_reconstruction)
+        self.attentive_source = attentive_source
         self.attn_temperature = float(attn_temperature)
 
         self.mask_pos_token = nn.Parameter(torch.zeros(1, 1, enc.embed_dim))
@@ -158,7 +229,7 @@ class DropPos(PretrainMethod):
                              persistent=False)
 
     # -------------------------------------------------------------------- schedule
-    def set_progress(self, fraction: float) -> None:
+    def on_train_progress(self, fraction: float) -> None:
         """Fraction of training done, in [0, 1] (called by the training loop)."""
         self.progress.fill_(min(1.0, max(0.0, float(fraction))))
 
@@ -193,14 +264,34 @@ class DropPos(PretrainMethod):
         return {"logits": logits, "positions": ids_keep, "dropped": dropped,
                 "cls_out": latent[:, 0], "tokens_out": latent[:, 1:]}
 
+    @torch.no_grad()
+    def full_image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The separate pass of attentive reconstruction: [CLS] + all N grid patches, each
+        with its own position embedding, through the encoder without gradient.
+        Returns ``cls_out (B, d)`` and ``tokens_out (B, N, d)`` in grid order."""
+        enc = self.encoder
+        tokens = enc.embed_patches(patchify(images, self.patch_size))
+        out = enc.forward_tokens(tokens, pos_embed=enc.grid_pos_embed())
+        return out[:, 0], out[:, 1:]
+
+    def token_weights(self, images: torch.Tensor,
+                      out: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """``(B, K)`` attentive weights of the visible tokens of ``out`` (from
+        :meth:`predict` on ``images``), or None without attentive reconstruction."""
+        if not self.attentive_reconstruction:
+            return None
+        if self.attentive_source == "full_image":
+            cls_out, tokens_out = self.full_image_features(images)
+            tokens_out = gather_tokens(tokens_out, out["positions"])
+        else:
+            cls_out, tokens_out = out["cls_out"], out["tokens_out"]
+        return attentive_weights(cls_out, tokens_out, self.attn_temperature)
+
     def forward(self, images: torch.Tensor,
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         out = self.predict(images, generator)
         labels = self.label_table()[out["positions"]]                       # (B, K, N)
-        weights = None
-        if self.attentive_reconstruction:
-            weights = attentive_weights(out["cls_out"], out["tokens_out"], out["dropped"],
-                                        self.attn_temperature)
+        weights = self.token_weights(images, out)
         loss = position_loss(out["logits"], labels, out["dropped"], weights)
         with torch.no_grad():
             hit = out["logits"].argmax(-1) == out["positions"]

@@ -1,4 +1,5 @@
 """MAE and DropPos baselines: masking, targets, losses, schedules, and that they learn."""
+import inspect
 import math
 
 import pytest
@@ -8,7 +9,9 @@ from methods import METHODS, build_method
 from methods.backbone import build_encoder
 from methods.droppos import (DropPos, attentive_weights, grid_coordinates, position_loss,
                              smoothed_position_labels)
-from methods.mae import MAE, grid_sincos_pos_embed, masked_mse, patchify, random_masking
+from methods.layers import gather_tokens, grid_sincos_pos_embed, patchify, random_masking
+from methods.layers.init import init_vit_encoder_like_mae
+from methods.mae import MAE, masked_mse
 from methods.sampling import extract_patches, extract_windows, grid_boxes, grid_windows
 
 ENC = dict(arch="vit_micro", img_size=32, patch_size=4)
@@ -51,13 +54,36 @@ def test_masking_hides_exactly_round_ratio():
         assert ids_keep.shape == (5, n - masked)
         assert torch.equal(mask.sum(1), torch.full((5,), float(masked)))
         assert (torch.gather(mask, 1, ids_keep) == 0).all()
-        assert torch.equal(ids_restore.sort(1).values, torch.arange(n).expand(5, -1))
+        # ids_restore undoes the shuffle: visible token j (cell ids_keep[j]) sits at slot j,
+        # masked cells at the slots after the visible ones
+        keep = n - masked
+        assert torch.equal(torch.gather(ids_restore, 1, ids_keep), torch.arange(keep).expand(5, -1))
+        assert (ids_restore[mask.bool()] >= keep).all()
     # different images get different masks
     _, mask, _ = random_masking(2, 64, 0.75)
     assert not torch.equal(mask[0], mask[1])
     model = build_method("mae", encoder=ENC, **DEC)
     latent, mask, _ = model.forward_encoder(torch.rand(3, 3, 32, 32))
     assert latent.shape == (3, 1 + 16, 96) and (mask.sum(1) == 48).all()
+
+
+def test_mae_decoder_puts_each_token_back_at_its_own_cell():
+    # identity decoder of the encoder's width, no decoder position table, mask token -1:
+    # the output at cell i must be the token that was encoded there, or -1 if masked
+    model = build_method("mae", encoder=ENC, decoder_dim=96, decoder_depth=1, decoder_heads=4)
+    for name in ("decoder_embed", "decoder_blocks", "decoder_norm", "decoder_pred"):
+        setattr(model, name, torch.nn.Identity())
+    model.decoder_pos_embed.zero_()
+    with torch.no_grad():
+        model.mask_token.fill_(-1.0)
+    g = torch.Generator().manual_seed(3)
+    ids_keep, mask, ids_restore = random_masking(4, N, 0.75, generator=g)
+    latent = torch.cat([torch.full((4, 1, 96), -7.0),                     # [CLS], dropped
+                        ids_keep.float()[..., None].expand(-1, -1, 96)], dim=1)
+    with torch.no_grad():
+        out = model.forward_decoder(latent, ids_restore)                  # (4, N, 96)
+    want = torch.where(mask.bool(), torch.tensor(-1.0), torch.arange(N).float().expand(4, -1))
+    assert torch.equal(out, want[..., None].expand(-1, -1, 96))
 
 
 def test_mae_encoder_sees_only_visible_patches():
@@ -131,10 +157,10 @@ def test_pos_embed_is_fixed_sincos():
         model(torch.rand(2, 3, 32, 32))["loss"].backward()
         assert pe.grad is None
     table = grid_sincos_pos_embed(8, (2, 3))[0]
-    # cell (row 1, col 2): first half encodes the row, second half the column
-    want_row = [math.sin(1), math.sin(1 / 100), math.cos(1), math.cos(1 / 100)]
-    want_col = [math.sin(2), math.sin(2 / 100), math.cos(2), math.cos(2 / 100)]
-    torch.testing.assert_close(table[1 * 3 + 2], torch.tensor(want_row + want_col))
+    # cell (row 1, col 2), timm's layout: [sin(y w) | sin(x w) | cos(y w) | cos(x w)], w = 1, 1/100
+    want = [math.sin(1), math.sin(1 / 100), math.sin(2), math.sin(2 / 100),
+            math.cos(1), math.cos(1 / 100), math.cos(2), math.cos(2 / 100)]
+    torch.testing.assert_close(table[1 * 3 + 2], torch.tensor(want))
     one_d = build_method("mae", encoder=ENC_1D, **DEC).encoder.pos_embed
     torch.testing.assert_close(one_d, grid_sincos_pos_embed(96, (20,), cls_token=True))
 
@@ -183,7 +209,9 @@ def test_position_loss_counts_dropped_tokens_only():
         loss = position_loss(logits, labels, dropped, w)
         ce = -(labels * logits.log_softmax(-1)).sum(-1)
         ww = torch.ones(2, 6) if w is None else w
-        torch.testing.assert_close(loss, (ce * ww)[dropped].sum() / 6)
+        torch.testing.assert_close(loss, (ce * ww)[dropped].sum() / ww[dropped].sum())
+        junk_w = None if w is None else torch.where(dropped, w, 1e3 * torch.rand(2, 6))
+        torch.testing.assert_close(position_loss(logits, labels, dropped, junk_w), loss)
         other = (~dropped)[..., None]
         junk_logits = logits + 50 * torch.randn_like(logits) * other
         junk_labels = torch.where(other, torch.rand_like(labels), labels)
@@ -202,7 +230,8 @@ def test_droppos_forward_uses_dropped_tokens_and_mask_pos_token():
         assert out["logits"].shape == (2, k, N) and out["positions"].shape == (2, k)
         assert (out["dropped"].sum(1) == 12).all()  # round(0.75 * 16)
         labels = model.label_table()[out["positions"]]
-        w = attentive_weights(out["cls_out"], out["tokens_out"], out["dropped"], 0.1)
+        cls_full, tokens_full = model.full_image_features(images)
+        w = attentive_weights(cls_full, gather_tokens(tokens_full, out["positions"]), 0.1)
         want = position_loss(out["logits"], labels, out["dropped"], w)
         got = model(images, generator=torch.Generator().manual_seed(0))
         torch.testing.assert_close(got["loss"], want)
@@ -238,12 +267,19 @@ def test_smoothed_labels_rows_and_schedule():
     assert torch.isfinite(one_hot).all() and torch.equal(one_hot, torch.eye(N))
     line = smoothed_position_labels(grid_coordinates((20,)), 2.0)
     torch.testing.assert_close(line[5, 7] / line[5, 5], torch.tensor(math.exp(-1.0)))
+    # on a 14 x 14 grid (224 / 16) the nearest cells of (1, 0) = 14 are (0, 0), (1, 1) and
+    # (2, 0), not 13 = (0, 13) or 30 (the public 16-wide map's neighbours)
+    grid14 = smoothed_position_labels(grid_coordinates((14, 14)), 1.0)
+    torch.testing.assert_close(grid14.sum(1), torch.ones(196), atol=1e-6, rtol=0)
+    assert set(grid14[14].topk(4).indices.tolist()) == {14, 0, 15, 28}
+    assert grid14[14, 13] < 1e-6 * grid14[14, 14]
+    assert inspect.signature(DropPos).parameters["sigma_start"].default == 1.0  # public value
 
     model = build_method("droppos", encoder=ENC, sigma_start=2.0, **DEC)
     assert float(model.sigma) == 2.0
-    model.set_progress(0.25)
+    model.on_train_progress(0.25)
     assert float(model.sigma) == pytest.approx(1.5)
-    model.set_progress(1.0)
+    model.on_train_progress(1.0)
     assert float(model.sigma) == 0.0
     assert torch.equal(model.label_table(), torch.eye(N))
     assert float(model.progress) == 1.0 and "progress" in model.state_dict()
@@ -251,17 +287,129 @@ def test_smoothed_labels_rows_and_schedule():
     assert torch.equal(plain.label_table(), torch.eye(N))
 
 
-def test_attentive_weights_are_detached_with_mean_one():
+def test_attentive_weights_softmax_over_visible_tokens():
     torch.manual_seed(0)
     cls = torch.randn(2, 8, requires_grad=True)
     tokens = torch.randn(2, 5, 8, requires_grad=True)
-    dropped = torch.tensor([[1, 1, 0, 1, 0], [0, 1, 1, 1, 1]], dtype=torch.bool)
-    w = attentive_weights(cls, tokens, dropped, temperature=0.1)
+    w = attentive_weights(cls, tokens, temperature=0.1)
     assert not w.requires_grad and w.grad_fn is None
-    assert (w[~dropped] == 0).all() and (w[dropped] > 0).all()
-    torch.testing.assert_close(w.sum(1) / dropped.sum(1), torch.ones(2))
-    cos = torch.nn.functional.cosine_similarity(tokens[0, [0, 1, 3]], cls[0][None], dim=-1)
-    torch.testing.assert_close(w[0, [0, 1, 3]], 3 * (cos / 0.1).softmax(0).detach())
+    torch.testing.assert_close(w.sum(1), torch.ones(2))
+    cos = torch.nn.functional.cosine_similarity(tokens[1], cls[1][None], dim=-1)
+    torch.testing.assert_close(w[1], (cos / 0.1).softmax(0).detach())
+    # = the public order: softmax over all N, gathered at the visible ones, renormalised
+    full = torch.randn(2, 9, 8)
+    keep = torch.tensor([[0, 4, 7], [8, 2, 3]])
+    over_all = attentive_weights(cls.detach(), full, 0.1).gather(1, keep)
+    torch.testing.assert_close(over_all / over_all.sum(1, keepdim=True),
+                               attentive_weights(cls.detach(), gather_tokens(full, keep), 0.1))
+
+
+def _differ_in_masked_pixels(model, images, seed):
+    """Images equal on the patches the masked pass sees (same seed), different elsewhere."""
+    with torch.no_grad():
+        out = model.predict(images, torch.Generator().manual_seed(seed))
+    seen = torch.zeros(images.shape[0], N)
+    seen.scatter_(1, out["positions"], 1.0)
+    return images + 3 * torch.randn_like(images) * pixel_mask(1 - seen)
+
+
+@pytest.mark.parametrize("source", ["full_image", "masked"])
+def test_droppos_attentive_weights_source(source):
+    torch.manual_seed(0)
+    model = build_method("droppos", encoder=ENC, attentive_source=source, **DEC)
+    images = torch.rand(2, 3, 32, 32)
+    other = _differ_in_masked_pixels(model, images, seed=4)
+    outs, weights = [], []
+    for x in (images, other):
+        out = model.predict(x, torch.Generator().manual_seed(4))  # training mode, with grad
+        outs.append(out)
+        weights.append(model.token_weights(x, out))
+    assert torch.equal(outs[0]["positions"], outs[1]["positions"])
+    # the masked pass itself never sees the masked-out pixels
+    torch.testing.assert_close(outs[0]["logits"], outs[1]["logits"], atol=1e-5, rtol=0)
+    for w in weights:
+        assert w.shape == (2, 16) and not w.requires_grad and w.grad_fn is None
+        torch.testing.assert_close(w.sum(1), torch.ones(2))
+    if source == "full_image":   # the separate pass sees the whole image
+        assert (weights[0] - weights[1]).abs().max() > 1e-4
+        cls_full, tokens_full = model.full_image_features(images)
+        want = attentive_weights(cls_full, gather_tokens(tokens_full, outs[0]["positions"]))
+        torch.testing.assert_close(weights[0], want)
+    else:
+        torch.testing.assert_close(weights[0], weights[1], atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            weights[0], attentive_weights(outs[0]["cls_out"], outs[0]["tokens_out"]))
+    # no gradient reaches the encoder through the weights: the loss's gradient equals
+    # that of the same loss with the weights given as constants
+    out = outs[0]
+    labels = model.label_table()[out["positions"]]
+    loss = position_loss(out["logits"], labels, out["dropped"], weights[0])
+    params = [p for p in model.encoder.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    again = model.predict(images, torch.Generator().manual_seed(4))
+    const = position_loss(again["logits"], labels, again["dropped"], weights[0].clone())
+    grads2 = torch.autograd.grad(const, params, allow_unused=True)
+    for a, b in zip(grads, grads2):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(a, b)
+    # the forward uses the configured source
+    got = model(images, generator=torch.Generator().manual_seed(4))["loss"]
+    torch.testing.assert_close(got, loss)
+
+
+def test_droppos_full_image_pass_gives_every_patch_its_position():
+    model = build_method("droppos", encoder=ENC, **DEC).eval()
+    images = torch.rand(2, 3, 32, 32)
+    enc = model.encoder
+    with torch.no_grad():
+        cls_out, tokens_out = model.full_image_features(images)
+        ref = enc.forward_features(images)   # timm's own full forward: pos_embed on all
+    torch.testing.assert_close(cls_out, ref[:, 0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tokens_out, ref[:, 1:], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="attentive_source"):
+        build_method("droppos", encoder=ENC, attentive_source="nope", **DEC)
+    assert DropPos.version >= 2 and MAE.version >= 2
+
+
+@pytest.mark.parametrize("name", ["mae", "droppos"])
+@torch.no_grad()
+def test_encoder_init_as_public_mae(name):
+    torch.manual_seed(0)
+    enc_cfg = dict(arch="vit_small", img_size=64, patch_size=16)      # 16 patches of 3x16x16
+    model = build_method(name, encoder=enc_cfg, **DEC)
+    enc = model.encoder
+    w = enc.patch_embed.proj.weight.detach()                          # (384, 3, 16, 16)
+    fan_in, fan_out = 3 * 16 * 16, 384
+    bound = math.sqrt(6.0 / (fan_in + fan_out))
+    assert float(w.abs().max()) <= bound and float(w.abs().max()) > 0.98 * bound
+    # uniform(-a, a): std a / sqrt(3). PyTorch's conv default (kaiming_uniform, a=sqrt(5))
+    # would give bound 1 / sqrt(fan_in) = 0.036 instead of 0.0395 here
+    assert float(w.std()) == pytest.approx(bound / math.sqrt(3), rel=0.02)
+    assert float(w.mean()).__abs__() < 0.05 * bound
+    for mod_name, m in enc.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            b = math.sqrt(6.0 / (m.in_features + m.out_features))
+            assert float(m.weight.abs().max()) <= b, mod_name
+            assert float(m.weight.std()) == pytest.approx(b / math.sqrt(3), rel=0.05), mod_name
+            assert m.bias is None or not m.bias.any(), mod_name
+        elif isinstance(m, torch.nn.LayerNorm):
+            assert (m.weight == 1).all() and not m.bias.any(), mod_name
+    qkv = enc.blocks[0].attn.qkv.weight                               # one (3d, d) matrix
+    assert float(qkv.abs().max()) > 0.98 * math.sqrt(6.0 / (384 + 3 * 384))
+    assert float(enc.cls_token.std()) == pytest.approx(0.02, rel=0.25)
+    token = model.mask_token if name == "mae" else model.mask_pos_token
+    assert float(token.std()) == pytest.approx(0.02, rel=0.25)
+    # 1D: the Conv1d patch projection as a linear map of in_chans * patch_size inputs
+    one_d = build_method(name, encoder=dict(ENC_1D, arch="vit_small"), **DEC).encoder
+    w1 = one_d.patch_embed.proj.weight.detach()                       # (384, 2, 10)
+    b1 = math.sqrt(6.0 / (2 * 10 + 384))
+    assert b1 * 0.95 < float(w1.abs().max()) <= b1
+    # the helper on a bare encoder gives the same as the method
+    bare = build_encoder(**enc_cfg, pos_embed="learn")
+    init_vit_encoder_like_mae(bare)
+    assert float(bare.patch_embed.proj.weight.abs().max()) <= bound
 
 
 def test_droppos_finds_positions_on_scenes():
@@ -277,7 +425,7 @@ def test_droppos_finds_positions_on_scenes():
     g = torch.Generator().manual_seed(0)
     steps = 100
     for step in range(steps):
-        model.set_progress(step / steps)
+        model.on_train_progress(step / steps)
         out = model(train[torch.randint(0, 448, (64,), generator=g)])
         opt.zero_grad()
         out["loss"].backward()
