@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from mmengine.hooks import Hook
 from mmengine.model import BaseModel
-from mmengine.optim import DefaultOptimWrapperConstructor
-from mmengine.registry import DATA_SAMPLERS, HOOKS, OPTIM_WRAPPER_CONSTRUCTORS
+from mmengine.registry import DATA_SAMPLERS, HOOKS
 from mmengine.runner import Runner
 from timm.data.distributed_sampler import RepeatAugSampler
 
 from .errors import TrainingError
+from .optim import LayerDecayOptimWrapperConstructor  # registered there; re-exported
 
 __all__ = ["SuiteModel", "build_runner", "trust_suite_checkpoints", "LayerDecayOptimWrapperConstructor",
            "FiniteLossHook", "TrainingProgressHook", "launcher_from_env", "use_cuda"]
@@ -83,44 +83,6 @@ def use_cuda() -> bool:
 def launcher_from_env() -> str:
     """``pytorch`` under torchrun (WORLD_SIZE set), else a single process."""
     return "pytorch" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "none"
-
-
-@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
-class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
-    """timm's layer-decay parameter groups for the model's ``encoder`` (a timm ViT), and
-    timm's weight-decay exemptions (1-D parameters and the encoder's
-    ``no_weight_decay()``: position embeddings, [CLS]) for every parameter. With
-    ``layer_decay=1.0`` it is DeiT's optimizer (timm's ``create_optimizer``)."""
-
-    def __call__(self, model):
-        from mmengine.optim import OptimWrapper  # noqa: F401  (registry side effect)
-        from mmengine.registry import OPTIM_WRAPPERS, OPTIMIZERS
-        from timm.optim import param_groups_layer_decay
-
-        if hasattr(model, "module"):
-            model = model.module
-        optim_cfg = dict(self.optimizer_cfg)
-        layer_decay = float(self.paramwise_cfg.get("layer_decay", 1.0))
-        wd = optim_cfg.get("weight_decay", 0.0)
-        encoder = model.encoder
-        groups = param_groups_layer_decay(encoder, weight_decay=wd, layer_decay=layer_decay,
-                                          no_weight_decay_list=encoder.no_weight_decay())
-        base_lr = optim_cfg["lr"]
-        for g in groups:
-            g["lr"] = base_lr * g.pop("lr_scale", 1.0)
-        covered = {id(p) for g in groups for p in g["params"]}
-        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in covered]
-        # heads and decoders outside the encoder: timm's rule too (1-D: biases, norms)
-        for no_decay in (False, True):
-            params = [p for p in rest if (p.ndim <= 1) is no_decay]
-            if params:
-                groups.append({"params": params, "lr": base_lr,
-                               "weight_decay": 0.0 if no_decay else wd})
-        optim_cfg["params"] = groups
-        optimizer = OPTIMIZERS.build(optim_cfg)
-        wrapper_cfg = dict(self.optim_wrapper_cfg)
-        wrapper_cfg.setdefault("type", "OptimWrapper")
-        return OPTIM_WRAPPERS.build(wrapper_cfg, default_args=dict(optimizer=optimizer))
 
 
 @HOOKS.register_module()

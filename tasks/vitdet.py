@@ -16,12 +16,11 @@ has its own, registered in ``mmdet.registry.MODELS``:
 - :class:`SimpleFeaturePyramid`: ViTDet's pyramid from that single map: deconv x4,
   deconv x2, identity, max-pool -> 1x1 + 3x3 convs with LayerNorm2d to
   ``out_channels``, plus a stride-2 max-pool of the coarsest level for the RPN.
-- :class:`ViTDetLayerDecayConstructor`: layer-wise lr decay for a detector:
-  patch embedding and position embedding are layer 0, block i is layer i + 1,
-  the pyramid and heads are the top layer (scale 1); weight decay on everything
-  but the blocks' norms and the position embedding (:func:`is_vitdet_no_decay`).
 - ``PartLN2d``: LayerNorm over channels of an NCHW map, usable as ``norm_cfg`` of
   mmdet's heads.
+
+The layer-wise lr decay of a detector is ``rule="vitdet"`` of
+:class:`engine.optim.LayerDecayOptimWrapperConstructor`.
 
 Test time (what keeps evaluation of any detector, however early in training, from
 failing on a predicted box):
@@ -37,7 +36,6 @@ failing on a predicted box):
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import torch
@@ -50,8 +48,6 @@ from mmdet.registry import MODELS, TASK_UTILS, TRANSFORMS
 from mmdet.structures.bbox import get_box_tensor
 from mmengine.evaluator import BaseMetric
 from mmengine.model import BaseModule
-from mmengine.optim import DefaultOptimWrapperConstructor
-from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from timm.layers import DropPath, Mlp, resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer import init_weights_vit_timm
 
@@ -60,7 +56,7 @@ from methods.backbone import ENCODER_ARCHS
 
 from .checkpoint import check_shapes, read_encoder_state
 
-__all__ = ["ViTDetBackbone", "SimpleFeaturePyramid", "LayerNorm2d", "ViTDetLayerDecayConstructor",
+__all__ = ["ViTDetBackbone", "SimpleFeaturePyramid", "LayerNorm2d",
            "load_encoder_into_backbone", "window_partition", "window_unpartition",
            "PadKeepImageShape", "FiniteDeltaXYWHBBoxCoder", "ValidBoxRoIHead", "DroppedBoxesMetric",
            "valid_boxes"]
@@ -287,58 +283,6 @@ class SimpleFeaturePyramid(BaseModule):
         while len(outs) < self.num_outs:
             outs.append(F.max_pool2d(outs[-1], kernel_size=1, stride=2))
         return tuple(outs)
-
-
-# ----------------------------------------------------------------------- layer decay
-def _layer_id(name: str, depth: int) -> int:
-    if name.startswith("backbone."):
-        rest = name[len("backbone."):]
-        if rest.startswith(("patch_embed", "pos_embed")):
-            return 0
-        m = re.match(r"blocks\.(\d+)\.", rest)
-        if m:
-            return int(m.group(1)) + 1
-    return depth + 1
-
-
-def is_vitdet_no_decay(name: str) -> bool:
-    """ViTDet's weight-decay exemptions, as MMDetection's ViTDet project constructor
-    (``projects/ViTDet/vitdet/layer_decay_optimizer_constructor.py``) writes them: the
-    transformer blocks' norm layers and the absolute position embedding. Everything
-    else is decayed: biases, the relative position tables, the patch embedding, the
-    pyramid's and heads' norms."""
-    return (name.startswith("backbone.blocks.") and ".norm" in name) or "pos_embed" in name
-
-
-@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
-class ViTDetLayerDecayConstructor(DefaultOptimWrapperConstructor):
-    """Layer-wise lr decay for a detector with a :class:`ViTDetBackbone` (see module
-    docstring): lr = base lr * decay ** (depth + 1 - layer)."""
-
-    def __call__(self, model):
-        from mmengine.registry import OPTIM_WRAPPERS, OPTIMIZERS
-
-        if hasattr(model, "module"):
-            model = model.module
-        optim_cfg = dict(self.optimizer_cfg)
-        decay = float(self.paramwise_cfg.get("layer_decay", 1.0))
-        wd, base_lr = optim_cfg.get("weight_decay", 0.0), optim_cfg["lr"]
-        depth = model.backbone.depth
-        groups: dict[tuple[int, bool], dict] = {}
-        for name, p in model.named_parameters():
-            if not p.requires_grad:
-                continue
-            no_decay = is_vitdet_no_decay(name)
-            layer = _layer_id(name, depth)
-            g = groups.setdefault((layer, no_decay), dict(
-                params=[], lr=base_lr * decay ** (depth + 1 - layer),
-                weight_decay=0.0 if no_decay else wd))
-            g["params"].append(p)
-        optim_cfg["params"] = list(groups.values())
-        optimizer = OPTIMIZERS.build(optim_cfg)
-        wrapper_cfg = dict(self.optim_wrapper_cfg)
-        wrapper_cfg.setdefault("type", "OptimWrapper")
-        return OPTIM_WRAPPERS.build(wrapper_cfg, default_args=dict(optimizer=optimizer))
 
 
 # ----------------------------------------------------------------------- checkpoint

@@ -270,38 +270,6 @@ def test_task_run_through_the_runner(tmp_path, coco_root, tiny):
     assert metrics["new_keys"] == sorted(f"blocks.{i}.attn.rel_pos_{a}" for i in range(4) for a in "hw")
 
 
-def test_layer_decay_groups(tiny):
-    from tasks.vitdet import ViTDetLayerDecayConstructor
-
-    model = build_detector(tiny["detector"], tiny["plan"].encoder, num_classes=10)
-    wrapper = ViTDetLayerDecayConstructor(dict(type="OptimWrapper", optimizer=dict(
-        type="AdamW", lr=1e-4, weight_decay=0.1)), dict(layer_decay=0.7))(model)
-    groups = wrapper.optimizer.param_groups
-    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
-    wd_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
-    depth = model.backbone.depth
-    assert lr_of[id(model.backbone.patch_embed.proj.weight)] == pytest.approx(1e-4 * 0.7 ** (depth + 1))
-    assert lr_of[id(model.backbone.blocks[depth - 1].mlp.fc1.weight)] == pytest.approx(1e-4 * 0.7)
-    assert lr_of[id(model.rpn_head.rpn_cls.weight)] == pytest.approx(1e-4)
-    # ViTDet's exemptions (MMDetection's ViTDet project): the blocks' norms and the
-    # absolute position embedding only; biases, relative position tables, the patch
-    # embedding and the pyramid's norms are decayed
-    assert wd_of[id(model.backbone.pos_embed)] == 0.0
-    assert wd_of[id(model.backbone.blocks[0].norm1.weight)] == 0.0
-    assert wd_of[id(model.backbone.blocks[depth - 1].norm2.bias)] == 0.0
-    assert wd_of[id(model.backbone.blocks[0].attn.rel_pos_h)] == 0.1
-    assert wd_of[id(model.backbone.blocks[0].attn.qkv.weight)] == 0.1
-    assert wd_of[id(model.backbone.blocks[0].attn.qkv.bias)] == 0.1
-    assert wd_of[id(model.backbone.patch_embed.proj.bias)] == 0.1
-    neck_norms = [p for mod in model.neck.modules() if "LayerNorm" in type(mod).__name__
-                  for p in mod.parameters()]
-    assert neck_norms and all(wd_of[id(p)] == 0.1 for p in neck_norms)
-    no_decay = {n for n, p in model.named_parameters() if wd_of[id(p)] == 0.0}
-    assert no_decay == {n for n, _ in model.named_parameters()
-                        if (n.startswith("backbone.blocks.") and ".norm" in n) or "pos_embed" in n}
-    assert len(lr_of) == sum(1 for p in model.parameters() if p.requires_grad)
-
-
 def test_table2_cells_come_from_recorded_runs(tmp_path):
     """``make table2``'s code path (pretraining, detector, records, table) end to end,
     on a preset file that inherits tiny and shrinks only sizes and epochs."""

@@ -1,0 +1,147 @@
+"""The optimizer's parameter groups as the Runner builds them (``build_runner``, then the
+Runner's own ``build_optim_wrapper``), checked parameter by parameter against learning
+rates and weight decays written out by hand from the parameter names."""
+import dataclasses
+import re
+
+import pytest
+
+from engine.runner import build_runner
+
+LR, WD = 1e-3, 0.05
+
+
+def _per_param(model, wrapper) -> dict[str, tuple[float, float]]:
+    """name -> (lr, weight_decay), every trainable parameter exactly once."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen = {}
+    for g in wrapper.optimizer.param_groups:
+        for p in g["params"]:
+            assert names[id(p)] not in seen, names[id(p)]
+            seen[names[id(p)]] = (g["lr"], g["weight_decay"])
+    assert set(seen) == {n for n, p in model.named_parameters() if p.requires_grad}
+    return seen
+
+
+def _built(runner):
+    """What ``Runner.train()`` builds from the Runner's optimizer config."""
+    return runner.build_optim_wrapper(runner.optim_wrapper)
+
+
+# ------------------------------------------------------------------ classification
+def _classification_runner(tmp_path, layer_decay):
+    from benchmarks.run import make_plan
+    from methods.backbone import build_encoder
+    from tasks.classification import ClassifierModel
+
+    plan = make_plan("part", "cifar100")
+    schedule = dataclasses.replace(plan.finetune, base_lr=LR, lr_reference_batch=None, weight_decay=WD,
+                                   layer_decay=layer_decay)
+    encoder = build_encoder(arch="vit_micro", img_size=32, patch_size=4, num_classes=10, pos_embed="learn")
+    model = ClassifierModel(encoder, 10)
+    runner = build_runner(model, tmp_path / f"cls{layer_decay}", list(range(8)), schedule=schedule,
+                          batch_per_process=4, loader=plan.loader)
+    return model, runner
+
+
+def _vit_layer(name: str, depth: int) -> int:
+    """timm's ViT layers, by hand: embeddings and [CLS] 0, block i i + 1, the final norm
+    in the last block's layer (its group_matcher puts ``norm`` with the previous group),
+    the head above them all, depth + 1."""
+    name = name.removeprefix("encoder.")
+    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed."):
+        return 0
+    m = re.match(r"blocks\.(\d+)\.", name)
+    if m:
+        return int(m.group(1)) + 1
+    if name.startswith("norm."):
+        return depth
+    assert name.startswith("head."), name
+    return depth + 1
+
+
+def test_classification_groups_are_timms_layer_decay_with_its_exemptions(tmp_path):
+    model, runner = _classification_runner(tmp_path, 0.65)
+    got = _per_param(model, _built(runner))
+    depth = 4  # vit_micro
+    assert len(model.encoder.blocks) == depth
+    for name, (lr, wd) in got.items():
+        layer = _vit_layer(name, depth)
+        assert lr == pytest.approx(LR * 0.65 ** (depth + 1 - layer)), name
+        short = name.removeprefix("encoder.")
+        exempt = (short.endswith(".bias") or re.search(r"(^|\.)norm\d?\.", short) is not None
+                  or short in ("pos_embed", "cls_token"))
+        assert wd == (0.0 if exempt else WD), name
+    # spelled out for a few, to read the rule off the test
+    assert got["encoder.patch_embed.proj.weight"] == (pytest.approx(LR * 0.65 ** 5), WD)
+    assert got["encoder.cls_token"] == (pytest.approx(LR * 0.65 ** 5), 0.0)
+    assert got["encoder.pos_embed"] == (pytest.approx(LR * 0.65 ** 5), 0.0)
+    assert got["encoder.blocks.0.attn.qkv.weight"] == (pytest.approx(LR * 0.65 ** 4), WD)
+    assert got["encoder.blocks.0.attn.qkv.bias"] == (pytest.approx(LR * 0.65 ** 4), 0.0)
+    assert got["encoder.blocks.3.mlp.fc2.weight"] == (pytest.approx(LR * 0.65), WD)
+    assert got["encoder.blocks.3.norm2.weight"] == (pytest.approx(LR * 0.65), 0.0)
+    assert got["encoder.norm.weight"] == (pytest.approx(LR * 0.65), 0.0)
+    assert got["encoder.head.weight"] == (pytest.approx(LR), WD)
+    assert got["encoder.head.bias"] == (pytest.approx(LR), 0.0)
+
+
+def test_classification_without_layer_decay_has_one_lr(tmp_path):
+    model, runner = _classification_runner(tmp_path, None)  # the plan's "no layer decay"
+    got = _per_param(model, _built(runner))
+    assert {lr for lr, _ in got.values()} == {LR}
+    assert got["encoder.blocks.0.attn.qkv.bias"][1] == 0.0 and got["encoder.head.weight"][1] == WD
+
+
+# ------------------------------------------------------------------ detection
+def test_detection_groups_are_vitdets(tmp_path, monkeypatch):
+    """The Runner the COCO task builds (captured before it trains): ViTDet's layer ids and
+    exemptions (the blocks' norms and the absolute position embedding; biases and the
+    relative position tables decayed)."""
+    import engine.runner
+    from benchmarks.run import make_plan
+    from tasks.coco import CocoTask
+    from tasks.data.coco_synthetic import write_coco
+
+    class Built(Exception):
+        pass
+
+    captured = {}
+
+    def capture(model, *args, **kwargs):
+        captured["model"], captured["runner"] = model, build_runner(model, *args, **kwargs)
+        raise Built
+
+    root = write_coco(tmp_path / "coco", num_train=4, num_val=2, size=96, num_classes=10, seed=0)
+    plan = make_plan("part", "coco", data_root=root, cfg_options={"tasks.coco.finetune.layer_decay": 0.7,
+                                                                   "tasks.coco.loader.num_workers": 0})
+    monkeypatch.setattr(engine.runner, "build_runner", capture)
+    with pytest.raises(Built):
+        CocoTask(plan, tmp_path).run(pretrained=None, work_dir=tmp_path / "work", log=lambda *_: None)
+    model = captured["model"]
+    got = _per_param(model, _built(captured["runner"]))
+    lr, wd = plan.finetune.lr, plan.finetune.weight_decay
+    depth = model.backbone.depth
+    assert depth == 4
+
+    def layer(name):  # ViTDet's ids, by hand
+        if name.startswith(("backbone.patch_embed.", "backbone.pos_embed")):
+            return 0
+        m = re.match(r"backbone\.blocks\.(\d+)\.", name)
+        return int(m.group(1)) + 1 if m else depth + 1
+
+    for name, (got_lr, got_wd) in got.items():
+        assert got_lr == pytest.approx(lr * 0.7 ** (depth + 1 - layer(name))), name
+        exempt = re.fullmatch(r"backbone\.blocks\.\d+\.norm[12]\.(weight|bias)", name) or name == "backbone.pos_embed"
+        assert got_wd == (0.0 if exempt else wd), name
+    assert got["backbone.patch_embed.proj.weight"] == (pytest.approx(lr * 0.7 ** 5), wd)
+    assert got["backbone.patch_embed.proj.bias"] == (pytest.approx(lr * 0.7 ** 5), wd)
+    assert got["backbone.pos_embed"] == (pytest.approx(lr * 0.7 ** 5), 0.0)
+    assert got["backbone.blocks.0.norm1.weight"] == (pytest.approx(lr * 0.7 ** 4), 0.0)
+    assert got["backbone.blocks.0.attn.qkv.bias"] == (pytest.approx(lr * 0.7 ** 4), wd)
+    assert got["backbone.blocks.0.attn.rel_pos_h"] == (pytest.approx(lr * 0.7 ** 4), wd)
+    assert got["backbone.blocks.3.attn.rel_pos_w"] == (pytest.approx(lr * 0.7), wd)
+    assert got["backbone.blocks.3.norm2.bias"] == (pytest.approx(lr * 0.7), 0.0)
+    assert got["rpn_head.rpn_cls.weight"] == (pytest.approx(lr), wd)
+    neck_norms = [f"neck.{m}.{p}" for m, mod in model.neck.named_modules() if "LayerNorm" in type(mod).__name__
+                  for p, _ in mod.named_parameters()]
+    assert neck_norms and all(got[n] == (pytest.approx(lr), wd) for n in neck_norms)
