@@ -19,6 +19,13 @@ has its own, registered in ``mmdet.registry.MODELS``:
 - ``PartLN2d``: LayerNorm over channels of an NCHW map, usable as ``norm_cfg`` of
   mmdet's heads.
 
+Windows and relative positions are timm's (``timm.models.vision_transformer_sam``):
+``window_partition`` / ``window_unpartition`` (zero padding to a multiple of the window,
+cropped after; the padded tokens take part in attention as keys, unmasked) and
+``get_decomposed_rel_pos_bias``; they compute what detectron2's ViTDet functions
+(``modeling/backbone/utils.py``) compute. :class:`RelPosAttention` passes that bias to
+``F.scaled_dot_product_attention`` as its additive mask, as timm's SAM attention does on
+its fused path.
 The layer-wise lr decay of a detector is ``rule="vitdet"`` of
 :class:`engine.optim.LayerDecayOptimWrapperConstructor`.
 
@@ -50,6 +57,8 @@ from mmengine.evaluator import BaseMetric
 from mmengine.model import BaseModule
 from timm.layers import DropPath, Mlp, resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer import init_weights_vit_timm
+from timm.models.vision_transformer_sam import (get_decomposed_rel_pos_bias, window_partition,
+                                                window_unpartition)
 
 from engine.errors import ConfigError
 from methods.backbone import ENCODER_ARCHS
@@ -57,7 +66,7 @@ from methods.backbone import ENCODER_ARCHS
 from .checkpoint import check_shapes, read_encoder_state
 
 __all__ = ["ViTDetBackbone", "SimpleFeaturePyramid", "LayerNorm2d",
-           "load_encoder_into_backbone", "window_partition", "window_unpartition",
+           "RelPosAttention", "load_encoder_into_backbone",
            "PadKeepImageShape", "FiniteDeltaXYWHBBoxCoder", "ValidBoxRoIHead", "DroppedBoxesMetric",
            "valid_boxes"]
 
@@ -81,50 +90,15 @@ class LayerNorm2d(nn.Module):
         return x * self.weight[:, None, None] + self.bias[:, None, None]
 
 
-# ----------------------------------------------------------------------- windows
-def window_partition(x: torch.Tensor, ws: int):
-    """``(B, H, W, C)`` -> ``(B * nWin, ws, ws, C)`` (zero-padded), and the padded size."""
-    b, h, w, c = x.shape
-    ph, pw = (ws - h % ws) % ws, (ws - w % ws) % ws
-    if ph or pw:
-        x = F.pad(x, (0, 0, 0, pw, 0, ph))
-    hp, wp = h + ph, w + pw
-    x = x.view(b, hp // ws, ws, wp // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, ws, ws, c), (hp, wp)
-
-
-def window_unpartition(windows: torch.Tensor, ws: int, padded: tuple[int, int],
-                       size: tuple[int, int]) -> torch.Tensor:
-    """Inverse of :func:`window_partition`, cropping the padding."""
-    hp, wp = padded
-    h, w = size
-    b = windows.shape[0] // ((hp // ws) * (wp // ws))
-    x = windows.view(b, hp // ws, wp // ws, ws, ws, -1).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, hp, wp, -1)[:, :h, :w].contiguous()
-
-
 # ----------------------------------------------------------------------- attention
-def relative_table(q_len: int, k_len: int, table: torch.Tensor) -> torch.Tensor:
-    """Embeddings of the offsets between ``q_len`` query and ``k_len`` key positions.
-
-    ``table`` holds one embedding per offset for some length L ((2L - 1, C)); it is
-    resampled linearly when the needed number of offsets differs (another window or
-    input size than at construction). Positions of the shorter axis are stretched so
-    that both span the same extent. Returns ``(q_len, k_len, C)``.
-    """
-    needed = 2 * max(q_len, k_len) - 1
-    if table.shape[0] != needed:
-        table = F.interpolate(table.t()[None], size=needed, mode="linear",
-                              align_corners=False)[0].t()
-    q_pos = torch.arange(q_len, device=table.device)[:, None] * max(k_len / q_len, 1.0)
-    k_pos = torch.arange(k_len, device=table.device)[None, :] * max(q_len / k_len, 1.0)
-    offset = (q_pos - k_pos) + (k_len - 1) * max(q_len / k_len, 1.0)
-    return table[offset.long()]
-
-
 class RelPosAttention(nn.Module):
     """Multi-head self-attention on a ``(B, H, W, C)`` grid with decomposed relative
-    position terms: logit(q_i, k_j) += q_i . Rh[dy] + q_i . Rw[dx] (unscaled q)."""
+    position terms: logit(q_i, k_j) = q_i . k_j / sqrt(d) + q_i . Rh[h_i - h_j + H - 1]
+    + q_i . Rw[w_i - w_j + W - 1], the query unscaled in the relative terms. The terms
+    are timm's ``get_decomposed_rel_pos_bias`` (tables of ``2 * grid - 1`` rows, resampled
+    linearly to ``2 * H - 1`` / ``2 * W - 1`` when the input differs), passed to
+    ``F.scaled_dot_product_attention`` as its additive mask, i.e. added to the scaled
+    logits before the softmax."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True,
                  use_rel_pos: bool = True, grid: tuple[int, int] = (14, 14)):
@@ -143,14 +117,10 @@ class RelPosAttention(nn.Module):
         qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, heads, N, hd)
         bias = None
-        if self.use_rel_pos:
-            rh = relative_table(h, h, self.rel_pos_h)
-            rw = relative_table(w, w, self.rel_pos_w)
-            rq = q.reshape(b, self.num_heads, h, w, self.head_dim)
-            term_h = torch.einsum("bnhwc,hkc->bnhwk", rq, rh)
-            term_w = torch.einsum("bnhwc,wkc->bnhwk", rq, rw)
-            bias = (term_h[..., :, None] + term_w[..., None, :]).reshape(
-                b, self.num_heads, h * w, h * w).to(q.dtype)
+        if self.use_rel_pos:  # timm's takes (B * heads, N, head_dim) and returns (B * heads, N, N)
+            bias = get_decomposed_rel_pos_bias(q.reshape(b * self.num_heads, h * w, self.head_dim),
+                                               self.rel_pos_h, self.rel_pos_w, (h, w), (h, w))
+            bias = bias.view(b, self.num_heads, h * w, h * w).to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.proj(out.transpose(1, 2).reshape(b, h, w, c))
 
@@ -173,7 +143,7 @@ class ViTDetBlock(nn.Module):
         if self.window_size > 0:
             h, w = x.shape[1:3]
             x, padded = window_partition(x, self.window_size)
-            x = window_unpartition(self.attn(x), self.window_size, padded, (h, w))
+            x = window_unpartition(self.attn(x), self.window_size, (h, w), padded)
         else:
             x = self.attn(x)
         x = shortcut + self.drop_path(x)
