@@ -98,7 +98,8 @@ def bench_detector(preset: str, repeats: int, device: str, cache=None) -> tuple[
 
     from benchmarks.run import default_cache, make_plan
     from tasks import build_task
-    from tasks.coco import build_coco_dataset, build_detector, train_pipeline
+    from tasks.data.coco import build_coco_dataset, train_pipeline
+    from tasks.detection_config import build_detector
 
     plan = make_plan("part", "coco", preset=preset)
     task = build_task(plan, cache or default_cache())

@@ -6,8 +6,8 @@ has its own, registered in ``mmdet.registry.MODELS``:
 - :class:`ViTDetBackbone`: a plain ViT whose parameter names are timm
   ``VisionTransformer``'s (``patch_embed.proj``, ``blocks.<i>.{norm1,attn.qkv,
   attn.proj,norm2,mlp.fc1,mlp.fc2}``, ``pos_embed``), so every method's
-  ``encoder.pth`` maps onto it by name (:func:`load_encoder_into_backbone`, which
-  logs every rule it applies). Blocks attend inside non-overlapping windows
+  ``encoder.pth`` maps onto it by name (:func:`tasks.checkpoint.load_encoder_into_backbone`,
+  which logs every rule it applies). Blocks attend inside non-overlapping windows
   (``window_size``) except the ``global_blocks``; attention adds ViTDet's
   decomposed relative position terms (``attn.rel_pos_h``/``rel_pos_w``, new at
   finetuning, initialised to zero); the absolute position embedding is kept at the
@@ -39,11 +39,11 @@ failing on a predicted box):
   (``MODELS``): a non-finite or empty predicted box is dropped before masks are pasted
   for it, and counted; :class:`DroppedBoxesMetric` sums the counts over the data set
   (``dropped_pred_boxes``).
+
+:func:`mmdet_scope` registers mmdet's modules and these, and makes ``mmdet`` the default
+registry scope: what every builder of the detector, its data and its metric calls first.
 """
 from __future__ import annotations
-
-import math
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -63,12 +63,18 @@ from timm.models.vision_transformer_sam import (get_decomposed_rel_pos_bias, win
 from engine.errors import ConfigError
 from methods.backbone import ENCODER_ARCHS
 
-from .checkpoint import check_shapes, read_encoder_state
-
-__all__ = ["ViTDetBackbone", "SimpleFeaturePyramid", "LayerNorm2d",
-           "RelPosAttention", "load_encoder_into_backbone",
+__all__ = ["ViTDetBackbone", "SimpleFeaturePyramid", "LayerNorm2d", "RelPosAttention", "mmdet_scope",
            "PadKeepImageShape", "FiniteDeltaXYWHBBoxCoder", "ValidBoxRoIHead", "DroppedBoxesMetric",
            "valid_boxes"]
+
+
+def mmdet_scope() -> None:
+    """Register mmdet's modules (this module's are registered when it is imported) and
+    make ``mmdet`` the default scope."""
+    import mmdet.models  # noqa: F401  (registers)
+    from mmdet.utils import register_all_modules
+
+    register_all_modules(init_default_scope=True)
 
 
 @MODELS.register_module(name="PartLN2d")
@@ -253,85 +259,6 @@ class SimpleFeaturePyramid(BaseModule):
         while len(outs) < self.num_outs:
             outs.append(F.max_pool2d(outs[-1], kernel_size=1, stride=2))
         return tuple(outs)
-
-
-# ----------------------------------------------------------------------- checkpoint
-# encoder.pth entries with no counterpart in ViTDet (no [CLS] token, no final norm,
-# no classifier): dropped, and the log says so.
-DROPPED_PREFIXES = ("cls_token", "norm.", "fc_norm.", "head.", "reg_token")
-MAPPED_PREFIXES = ("patch_embed.proj.", "blocks.")
-
-
-def load_encoder_into_backbone(backbone: ViTDetBackbone, checkpoint: Path, log=print) -> dict:
-    """Load a method's ``encoder.pth`` (timm names) into ``backbone``, by explicit rules:
-
-    - ``patch_embed.proj.*`` and ``blocks.<i>.*`` -> the same name;
-    - ``pos_embed`` (1, [1 +] g*g, C) -> ``pos_embed``, the [CLS] entry dropped, the
-      grid resized (bicubic) when the pretraining grid differs from the backbone's;
-    - ``cls_token``, ``norm.*``, ``fc_norm.*``, ``head.*`` -> dropped (ViTDet has none);
-    - the backbone's relative position tables, and ``pos_embed`` when the checkpoint
-      has none (PART and MP3 pretrain without), keep their fresh initialisation.
-
-    Anything else (an unknown key, a shape that differs, a block the backbone lacks,
-    a required weight that is missing) means a foreign checkpoint: ConfigError.
-    Returns ``{"mapped", "dropped", "missing", "unexpected"}`` (sorted key lists).
-    """
-    checkpoint = Path(checkpoint)
-    state = read_encoder_state(checkpoint)
-    own = backbone.state_dict()
-    mapped, dropped, notes = {}, [], []
-    for key, value in state.items():
-        if key.startswith(DROPPED_PREFIXES):
-            dropped.append(key)
-        elif key == "pos_embed":
-            if backbone.pos_embed is None:
-                dropped.append(key)
-                notes.append("pos_embed dropped (finetuning without absolute position embeddings)")
-                continue
-            value = _grid_pos_embed(value, checkpoint)
-            g = backbone.pretrain_grid
-            if value.shape[1] != g * g:
-                src = math.isqrt(value.shape[1])
-                value = resample_abs_pos_embed(value, [g, g], num_prefix_tokens=0, antialias=False)
-                notes.append(f"pos_embed resized {src}x{src} -> {g}x{g}")
-            mapped["pos_embed"] = value
-        elif key.startswith(MAPPED_PREFIXES) and key in own:
-            mapped[key] = value
-        else:
-            raise ConfigError(f"checkpoint {checkpoint} is not a ViT encoder this backbone can load: "
-                              f"key {key!r} has no counterpart (backbone depth {backbone.depth})")
-    check_shapes(own, mapped, checkpoint, "backbone")
-    result = backbone.load_state_dict(mapped, strict=False)
-    missing, unexpected = sorted(result.missing_keys), sorted(result.unexpected_keys)
-    new_ok = [k for k in missing if k.endswith(("rel_pos_h", "rel_pos_w")) or k == "pos_embed"]
-    required = [k for k in missing if k not in new_ok]
-    if required or unexpected:
-        raise ConfigError(f"checkpoint {checkpoint} is not an encoder of this architecture: "
-                          f"missing {required[:5]}, unexpected {unexpected[:5]}")
-    rel = [k for k in missing if k != "pos_embed"]
-    log(f"[load] {checkpoint.name} -> ViTDet backbone: {len(mapped)} tensors mapped by name "
-        f"(patch_embed.proj.*, blocks.*{', pos_embed without its [CLS] entry' if 'pos_embed' in mapped else ''})"
-        f"; dropped (no counterpart in ViTDet): {', '.join(sorted(dropped)) or 'none'}")
-    if "pos_embed" in missing:
-        log(f"[load] the checkpoint has no pos_embed (its method pretrains without position "
-            f"embeddings): absolute position embeddings are freshly initialised (trunc. normal, std 0.02)")
-    if rel:
-        log(f"[load] freshly initialised (zero) relative position tables: {len(rel)} tensors "
-            f"({rel[0]} ... {rel[-1]})")
-    for note in notes:
-        log(f"[load] {note}")
-    return {"mapped": sorted(mapped), "dropped": sorted(dropped), "missing": missing,
-            "unexpected": unexpected}
-
-
-def _grid_pos_embed(value: torch.Tensor, checkpoint: Path) -> torch.Tensor:
-    """(1, [1 +] g*g, C) -> (1, g*g, C): drops a [CLS] entry if there is one."""
-    n = value.shape[1]
-    for prefix in (1, 0):
-        g = math.isqrt(n - prefix)
-        if g * g == n - prefix:
-            return value[:, prefix:]
-    raise ConfigError(f"pos_embed in {checkpoint} has {n} entries: not a square grid (+ [CLS])")
 
 
 # ----------------------------------------------------------------------- test time

@@ -11,10 +11,12 @@ from engine.config import PRESETS
 from engine.errors import ConfigError, DataError
 from methods import build_method
 from tasks import TASKS, build_task
-from tasks.coco import (CocoTask, build_coco_dataset, build_detector, check_coco_root, coco_classes,
-                        evaluate_predictions, eval_pipeline, train_pipeline)
+from tasks.checkpoint import load_encoder_into_backbone
+from tasks.coco import CocoTask, evaluate_predictions
+from tasks.data.coco import build_coco_dataset, check_coco_root, coco_classes, eval_pipeline, train_pipeline
 from tasks.data.coco_synthetic import category_id, write_coco
-from tasks.vitdet import SimpleFeaturePyramid, ViTDetBackbone, load_encoder_into_backbone
+from tasks.detection_config import build_detector
+from tasks.vitdet import SimpleFeaturePyramid, ViTDetBackbone
 
 SIZE = 96
 

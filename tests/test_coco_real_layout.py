@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks.coco import (build_coco_dataset, build_detector, eval_pipeline, evaluate_predictions,
-                        summarise_metrics)
+from tasks.coco import evaluate_predictions, summarise_metrics
+from tasks.data.coco import build_coco_dataset, eval_pipeline
 from tasks.data.coco_synthetic import mask_polygons, uncompressed_rle
+from tasks.detection_config import build_detector
 from tasks.vitdet import DroppedBoxesMetric, valid_boxes
 
 SIZE = 96
@@ -263,7 +264,7 @@ def test_reader_check_accepts_real_layouts_and_rejects_bad_entries_with_one_line
     import shutil
 
     from engine.errors import DataError
-    from tasks.coco import check_coco_annotations
+    from tasks.data.coco import check_coco_annotations
     from tasks.data.coco_synthetic import write_coco
 
     for split in ("train", "val"):

@@ -29,7 +29,8 @@ What real COCO has, and these files have too:
 Every annotation's segmentation decodes (pycocotools) to exactly its visible pixels;
 ``bbox`` ([x, y, w, h]) and ``area`` are those pixels' box and count.
 
-Written layout (what mmdet's ``CocoDataset`` and ``CocoMetric`` read)::
+Written layout (what mmdet's ``CocoDataset`` and ``CocoMetric`` read, and what
+:func:`tasks.data.coco.check_coco_root` checks)::
 
     ROOT/train2017/<image id:012d>.jpg
     ROOT/val2017/<image id:012d>.jpg
@@ -65,14 +66,11 @@ from .synthetic import (
 )
 
 __all__ = ["render_detection_scenes", "write_coco", "ensure_embedded_coco", "category_id",
-           "mask_polygons", "uncompressed_rle", "COCO_LAYOUT", "DETECTION_GENERATOR_VERSION"]
+           "mask_polygons", "uncompressed_rle", "DETECTION_GENERATOR_VERSION"]
 
 # 2: varied sizes, empty images, grayscale JPEGs, polygons / RLE / crowd regions.
 DETECTION_GENERATOR_VERSION = 2
 MIN_VISIBLE = 0.4  # an object must keep this fraction of its pixels visible
-
-COCO_LAYOUT = ("train2017/, val2017/, annotations/instances_train2017.json, "
-               "annotations/instances_val2017.json")
 
 
 def category_id(label: int) -> int:

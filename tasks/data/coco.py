@@ -1,0 +1,202 @@
+"""COCO 2017 on disk: the layout check, the annotation-file check, and mmdet's reader.
+
+What the detection task reads, from a real COCO root or from the embedded scenes
+(:mod:`tasks.data.coco_synthetic` writes the same layout), and what it checks before any
+training so that a wrong file fails with one line naming it:
+
+- :func:`check_coco_root`: the folders and annotation files of :data:`COCO_LAYOUT`;
+- :func:`check_coco_annotations`: one annotation file against what mmdet's reader needs
+  (categories, image sizes and files, boxes, the three mask encodings);
+- :func:`coco_classes`: category names in the file's order (labels index this list);
+- :func:`train_pipeline` / :func:`eval_pipeline`: mmdet's loading and augmentation
+  pipelines (ViTDet's large-scale jitter; resize and pad at test time);
+- :func:`build_coco_dataset`: mmdet's ``CocoDataset`` on a split;
+- :func:`count_annotated_images`: what the training split holds after mmdet drops
+  images without annotations.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from engine.errors import DataError
+
+__all__ = ["COCO_LAYOUT", "check_coco_root", "coco_classes", "check_coco_annotations",
+           "train_pipeline", "eval_pipeline", "build_coco_dataset", "count_annotated_images"]
+
+COCO_LAYOUT = ("train2017/, val2017/, annotations/instances_train2017.json, "
+               "annotations/instances_val2017.json")
+
+
+def check_coco_root(root: Path) -> None:
+    """One clear DataError naming the expected layout and the first wrong path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"COCO data root {root} does not exist; expected a folder with {COCO_LAYOUT}")
+    for rel in ("train2017", "val2017"):
+        if not (root / rel).is_dir():
+            raise DataError(f"COCO data root {root} has no {rel}/; expected {COCO_LAYOUT}")
+    for split in ("train", "val"):
+        ann = root / "annotations" / f"instances_{split}2017.json"
+        if not ann.is_file():
+            raise DataError(f"COCO data root {root} has no {ann.relative_to(root)}; expected {COCO_LAYOUT}")
+
+
+def coco_classes(ann_file: Path) -> tuple[str, ...]:
+    """Category names in the annotation file's order (mmdet maps ids to labels in
+    that order; the ids themselves may be anything)."""
+    try:
+        with open(ann_file) as f:
+            cats = json.load(f)["categories"]
+        return tuple(c["name"] for c in cats)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"cannot read categories from {ann_file}: {type(exc).__name__}: {exc}") from None
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _segmentation_problem(seg, height: int, width: int) -> str | None:
+    """What is wrong with one annotation's ``segmentation`` for mmdet's reader, or None.
+    Accepted: polygons (a list of ``[x0, y0, x1, y1, ...]`` lists), compressed RLE
+    (``counts`` a string) and uncompressed RLE (``counts`` a list of run lengths), RLE
+    with ``size`` equal to the image's [height, width]."""
+    if isinstance(seg, list):
+        if not seg:
+            return "is empty"
+        # the first coordinate stands for the rest: checking all of COCO's took 16 s
+        if not all(isinstance(poly, list) and (not poly or _is_number(poly[0])) for poly in seg):
+            return "is a list but not of polygons [[x0, y0, x1, y1, ...], ...]"
+        return None
+    if isinstance(seg, dict):
+        counts, size = seg.get("counts"), seg.get("size")
+        run_lengths = isinstance(counts, list) and all(isinstance(c, int) for c in counts)
+        if not (isinstance(counts, str) or run_lengths):
+            return "is a dict without RLE counts (a string, or a list of run lengths)"
+        if list(size or []) != [height, width]:
+            return f"is RLE of size {size}, but its image is [height, width] = [{height}, {width}]"
+        return None
+    return "is missing" if seg is None else f"is a {type(seg).__name__}"
+
+
+def check_coco_annotations(root: Path, split: str, classes=None) -> tuple[str, ...]:
+    """Check ``annotations/instances_{split}2017.json`` against what the detector's
+    reader needs, before any training; returns the category names (:func:`coco_classes`).
+
+    One DataError names the file and the first bad entry: unreadable JSON, other
+    categories than ``classes`` (when given: labels are indices into that list), no
+    ``images`` / ``annotations`` / ``categories`` lists, an image without a positive
+    width and height or whose file is not in ``{split}2017/``, an annotation whose
+    image or category is not listed, whose ``bbox`` is not [x, y, w, h], or whose
+    ``segmentation`` is not one of COCO's three encodings (mmdet's loader would fail on
+    it mid-run, or silently ignore the object). Images without annotations are fine.
+    """
+    root = Path(root)
+    ann_file = root / "annotations" / f"instances_{split}2017.json"
+    try:
+        with open(ann_file) as f:
+            blob = json.load(f)
+        images, anns, cats = blob["images"], blob["annotations"], blob["categories"]
+        if not all(isinstance(x, list) and all(isinstance(e, dict) for e in x) for x in (images, anns, cats)):
+            raise TypeError("images, annotations and categories must be lists of objects")
+        names = tuple(c["name"] for c in cats)
+        cat_ids = {c["id"] for c in cats}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"cannot read {ann_file}: {type(exc).__name__}: {exc}; expected COCO 2017's "
+                        f"instances format (images, annotations, categories)") from None
+    if classes is not None and names != tuple(classes):
+        raise DataError(f"{ann_file.parent}: {ann_file.name} and instances_val2017.json list different "
+                        f"categories ({len(names)} vs {len(classes)}); expected the same list")
+    folder = root / f"{split}2017"
+    on_disk = set(os.listdir(folder))
+    shapes = {}
+    for img in images:
+        h, w, name = img.get("height"), img.get("width"), img.get("file_name")
+        if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0 and isinstance(name, str)):
+            given = {k: img.get(k) for k in ("file_name", "width", "height")}
+            raise DataError(f"{ann_file}: image {img.get('id')!r} needs file_name and a positive integer "
+                            f"width and height; it has {given}")
+        if name not in on_disk and not (folder / name).is_file():
+            raise DataError(f"{ann_file}: image {img.get('id')!r} is {folder / name}, which does not exist")
+        shapes[img.get("id")] = (h, w)
+    for ann in anns:
+        where = f"{ann_file}: annotation {ann.get('id')!r}"
+        if ann.get("image_id") not in shapes:
+            raise DataError(f"{where} is of image {ann.get('image_id')!r}, which the file does not list")
+        if ann.get("category_id") not in cat_ids:
+            raise DataError(f"{where} has category {ann.get('category_id')!r}, which the file does not list")
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            raise DataError(f"{where} has bbox {bbox!r}; expected [x, y, width, height]")
+        problem = _segmentation_problem(ann.get("segmentation"), *shapes[ann["image_id"]])
+        if problem:
+            raise DataError(f"{where}: its segmentation {problem}; expected polygons, compressed "
+                            f"RLE or uncompressed RLE (Mask R-CNN needs a mask per annotation)")
+    return names
+
+
+def train_pipeline(size: int, ratio_range=(0.1, 2.0), pad_val: int = 114, hflip: float = 0.5):
+    """Large-scale jitter (ViTDet): flip, resize by a random ratio of ``size``, crop
+    ``size`` x ``size``, pad to it."""
+    return [
+        dict(type="LoadImageFromFile", backend_args=None),
+        dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
+        dict(type="RandomFlip", prob=hflip),
+        dict(type="RandomResize", scale=(size, size), ratio_range=tuple(ratio_range), keep_ratio=True),
+        dict(type="RandomCrop", crop_type="absolute_range", crop_size=(size, size),
+             recompute_bbox=True, allow_negative_crop=True),
+        dict(type="FilterAnnotations", min_gt_bbox_wh=(1e-2, 1e-2)),
+        dict(type="Pad", size=(size, size), pad_val=dict(img=(pad_val,) * 3)),
+        dict(type="PackDetInputs"),
+    ]
+
+
+def eval_pipeline(size: int, pad_val: int = 114):
+    """Resize the longer side to ``size`` and pad to ``size`` x ``size`` like training's
+    input, recording the *content* shape as ``img_shape`` (:class:`tasks.vitdet.PadKeepImageShape`):
+    the test path clips boxes to it, so none reaches into the padding, which lies
+    outside the original image. Annotations are loaded after resizing, in original
+    coordinates, as mmdet's test pipelines do (CocoMetric reads the file anyway)."""
+    return [
+        dict(type="LoadImageFromFile", backend_args=None),
+        dict(type="Resize", scale=(size, size), keep_ratio=True),
+        dict(type="PadKeepImageShape", size=(size, size), pad_val=dict(img=(pad_val,) * 3)),
+        dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
+        dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape",
+                                              "scale_factor")),
+    ]
+
+
+def build_coco_dataset(root: Path, split: str, pipeline, classes=None, min_size: int = 0):
+    """mmdet's CocoDataset on ``root`` (``split`` 'train' or 'val'), classes from the file."""
+    from ..vitdet import mmdet_scope
+
+    mmdet_scope()
+    from mmdet.registry import DATASETS
+
+    root = Path(root)
+    ann = root / "annotations" / f"instances_{split}2017.json"
+    classes = classes or coco_classes(ann)
+    try:
+        return DATASETS.build(dict(
+            type="CocoDataset", data_root=str(root),
+            ann_file=f"annotations/instances_{split}2017.json",
+            data_prefix=dict(img=f"{split}2017/"), metainfo=dict(classes=tuple(classes)),
+            test_mode=split != "train",
+            filter_cfg=dict(filter_empty_gt=True, min_size=min_size) if split == "train" else None,
+            pipeline=pipeline, backend_args=None))
+    except (OSError, ValueError, KeyError, TypeError, AssertionError) as exc:
+        raise DataError(f"cannot load COCO {split} annotations {ann}: {type(exc).__name__}: {exc}; "
+                        f"expected COCO 2017's instances format") from None
+
+
+def count_annotated_images(ann_file: Path) -> int:
+    """Images with at least one annotation: what mmdet's ``filter_empty_gt`` trains on."""
+    try:
+        with open(ann_file) as f:
+            blob = json.load(f)
+        return len({a["image_id"] for a in blob.get("annotations", [])})
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"cannot read {ann_file}: {type(exc).__name__}: {exc}") from None
