@@ -11,8 +11,8 @@ training so that a wrong file fails with one line naming it:
 - :func:`train_pipeline` / :func:`eval_pipeline`: mmdet's loading and augmentation
   pipelines (ViTDet's large-scale jitter; resize and pad at test time);
 - :func:`build_coco_dataset`: mmdet's ``CocoDataset`` on a split;
-- :func:`count_annotated_images`: what the training split holds after mmdet drops
-  images without annotations.
+- :func:`count_annotated_images`: the images with at least one annotation (those
+  mmdet's ``filter_empty_gt`` keeps for training).
 """
 from __future__ import annotations
 
