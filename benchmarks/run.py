@@ -57,8 +57,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from engine.errors import PartBenchError
+    from engine.cli import configure_logging, report_user_error, user_errors
 
+    configure_logging()
     try:
         if args.dry_run:
             info = dry_run(args.method, args.task, preset=args.preset, seed=args.seed,
@@ -75,11 +76,10 @@ def main(argv=None) -> int:
         record = run_cell(args.method, args.task, preset=args.preset, seed=args.seed,
                           data_root=args.data_root, out=args.out, cache=args.cache,
                           cfg_options=args.cfg_options)
-    except PartBenchError as exc:
+    except user_errors() as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report_user_error(exc)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the last checkpoint",
               file=sys.stderr)
@@ -183,7 +183,8 @@ def describe_plan(plan, cache_root: Path, out=None) -> dict:
         if data.root:
             n, how = sizes.get(phase), "counted"
         else:  # the generator's train split (a COCO one includes its images without objects)
-            n, how = (int(data.embedded["num_train"]), "embedded") if data.embedded else (None, "")
+            n = (data.embedded or {}).get("num_train")
+            n, how = (int(n), "embedded") if n else (None, "")
         if n is None:
             n, how = PUBLISHED_TRAIN_SIZES.get(data.dataset), "published size"
         if n is None:
@@ -225,8 +226,11 @@ def ensure_checkpoint(plan, task_obj, cache_root: Path, log=print):
     if plan.pretrain_data.note:
         log(f"[plan] {plan.pretrain_data.note}")
     set_random_seed(plan.seed)  # before any module is built
-    return ensure_pretrained(plan, task_obj.pretrain_dataset(), data_identities(plan)["pretrain"],
-                             cache_root, log=log)
+    from methods import method_entry
+
+    views = method_entry(plan.method.name).cls.pretrain_views(**plan.method.config)
+    return ensure_pretrained(plan, task_obj.pretrain_dataset(views),
+                             data_identities(plan)["pretrain"], cache_root, log=log)
 
 
 def pretrained_method(method: str, task: str = "cifar100", *, preset: str = "tiny", seed: int = 0,
@@ -240,6 +244,7 @@ def pretrained_method(method: str, task: str = "cifar100", *, preset: str = "tin
                      cfg_options=cfg_options, row=row)
     cache_root = Path(cache) if cache else default_cache()
     task_obj = build_task(plan, cache_root)
+    task_obj.prepare_data()
     task_obj.check_data()
     folder = ensure_checkpoint(plan, task_obj, cache_root)
     if folder is None:
@@ -262,6 +267,7 @@ def run_cell(method: str, task: str, *, preset: str = "tiny", seed: int = 0, dat
                      cfg_options=cfg_options, row=row)
     cache_root = Path(cache) if cache else default_cache()
     task_obj = build_task(plan, cache_root)
+    task_obj.prepare_data(log)  # embedded data generated / data preprocessed, once
     task_obj.check_data()  # fail on bad data before any pretraining
 
     t0 = time.time()

@@ -189,14 +189,11 @@ def fill(name: str, preset: str, seeds: int, run: bool, data_root=None, cache=No
     import pandas as pd
 
     from benchmarks.run import cell_record_path, run_cell
-    from engine.records import read_records
+    from engine.records import read_records, results_dir
 
     table = TABLES[name]
     if out_root is None:
-        # a table of a user's data root sits apart from the embedded data's
-        out_root = REPO / "results" / preset
-        if data_root:
-            out_root = out_root / f"data-{Path(data_root).name}"
+        out_root = results_dir(preset, data_root)  # a user's data root's tables sit apart
     out_root = Path(out_root)
     runs_dir = out_root / "runs"
     for row, task, seed in cell_runs(table, seeds, preset):
@@ -253,6 +250,7 @@ def dry_run_table(name: str, preset: str, seeds: int, data_root=None, cache=None
     """Print the plan of every cell of a table (``make tableN DRY_RUN=1``)."""
     from benchmarks.run import dry_run
     from engine.plan import format_plan
+    from engine.records import results_dir
 
     table = TABLES[name]
     for row, task, seed in cell_runs(table, seeds, preset):
@@ -260,7 +258,7 @@ def dry_run_table(name: str, preset: str, seeds: int, data_root=None, cache=None
         print(format_plan(dry_run(row.method, task, preset=preset, seed=seed, data_root=data_root,
                                   cache=cache, row=row.plan_overrides(preset),
                                   world_size=world_size,
-                                  out=REPO / "results" / preset / "runs")))
+                                  out=results_dir(preset) / "runs")))
 
 
 def _fmt(mean, std, n):
@@ -345,8 +343,11 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default=None)
     p.add_argument("--dry-run", action="store_true", help="print every cell's plan, run nothing")
     p.add_argument("--world-size", type=int, default=None, help="with --dry-run")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     args = p.parse_args(argv)
-    from engine.errors import PartBenchError
+    from engine.cli import configure_logging, report_user_error, user_errors
+
+    configure_logging()
 
     if args.table not in TABLES:
         print(f"error: unknown table {args.table!r}; expected one of: {', '.join(TABLES)}",
@@ -358,9 +359,10 @@ def main(argv=None) -> int:
                           args.world_size)
             return 0
         fill(args.table, args.preset, args.seeds, not args.no_run, args.data_root, args.cache)
-    except PartBenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except user_errors() as exc:
+        if args.debug:
+            raise
+        return report_user_error(exc)
     return 0
 
 

@@ -294,6 +294,7 @@ class RunPlan:
     pretrain_data: DataPlan  # the images pretraining reads
     variant: str
     sources: dict = field(default_factory=dict)  # dotted key -> layer
+    options: dict = field(default_factory=dict)  # the task's own sections: name -> dataclass
 
     def pretrain_batch(self) -> int:
         return self.pretrain.batch_per_process(self.world_size)
@@ -307,15 +308,10 @@ class RunPlan:
 # annotation, what mmdet's filter_empty_gt keeps (118287 images in all).
 PUBLISHED_TRAIN_SIZES = {"cifar100": 50000, "imagenet": 1281167, "coco": 117266}
 
-# Which sections a task entry of a preset may hold, by task kind.
-TASK_SECTIONS = {
-    "classification": {"data": DataPlan, "encoder": EncoderPlan, "pretrain": PretrainPlan,
-                       "finetune": FinetunePlan, "loader": LoaderPlan},
-    "detection": {"data": DataPlan, "encoder": EncoderPlan, "pretrain": PretrainPlan,
-                  "pretrain_data": DataPlan, "finetune": DetectionFinetunePlan,
-                  "detector": DetectorPlan, "loader": LoaderPlan},
-    "pretext": {"source": str, "evaluation": EvaluationPlan},
-}
+# The sections every plan has; a task declares which of them its preset entry holds
+# (``Task.sections``: name -> dataclass) and may add its own (``plan.options``).
+COMMON_SECTIONS = ("data", "encoder", "pretrain", "pretrain_data", "finetune", "detector",
+                   "evaluation", "loader", "source")
 ROW_SECTIONS = ("method", "pretrain", "finetune", "detector", "encoder")
 
 
@@ -404,13 +400,22 @@ def _check_keys(d: dict, allowed, where: str) -> None:
 
 
 # ------------------------------------------------------------------------ resolution
-def task_kind(task: str, tasks_cfg: dict) -> str:
+def task_class(task: str, tasks_cfg: dict):
     from tasks import TASKS
 
     if task not in TASKS or task not in tasks_cfg:
         known = sorted(set(TASKS) & set(tasks_cfg))
         raise ConfigError(f"unknown task {task!r}; expected one of: {', '.join(known)}")
-    return TASKS[task].kind
+    return TASKS[task]
+
+
+def task_kind(task: str, tasks_cfg: dict) -> str:
+    return task_class(task, tasks_cfg).kind
+
+
+def task_sections(task: str, tasks_cfg: dict) -> dict:
+    """The sections the task's preset entry may hold (declared by the task class)."""
+    return task_class(task, tasks_cfg).sections
 
 
 def resolve_plan(cfg: dict, method: str, task: str, *, seed: int = 0, world_size: int | None = None,
@@ -424,7 +429,10 @@ def resolve_plan(cfg: dict, method: str, task: str, *, seed: int = 0, world_size
     """
     from methods import METHODS, method_entry
 
-    entry = method_entry(method)
+    try:
+        entry = method_entry(method)
+    except KeyError as exc:
+        raise ConfigError(exc.args[0]) from None
     base = entry.base or method
     world_size = int(world_size or os.environ.get("WORLD_SIZE", "1"))
     tasks_cfg = cfg.get("tasks", {})
@@ -440,7 +448,8 @@ def resolve_plan(cfg: dict, method: str, task: str, *, seed: int = 0, world_size
 
     # the task whose sections hold encoder/pretraining/data (pretext: its source)
     own = dict(tasks_cfg[task])
-    _check_keys(own, set(TASK_SECTIONS[kind]) | {"method_overrides"}, f"tasks.{task} ({preset})")
+    _check_keys(own, set(task_sections(task, tasks_cfg)) | {"method_overrides"},
+                f"tasks.{task} ({preset})")
     src_name = task
     if kind == "pretext":
         src_name = (cli_tasks.get(task) or {}).get("source") or own.get("source") or "cifar100"
@@ -455,7 +464,7 @@ def resolve_plan(cfg: dict, method: str, task: str, *, seed: int = 0, world_size
             section_cfg = source.get(name)
             if not section_cfg:
                 continue
-            allowed = set(TASK_SECTIONS[task_kind(name, tasks_cfg)]) | {"method_overrides"}
+            allowed = set(task_sections(name, tasks_cfg)) | {"method_overrides"}
             _check_keys(section_cfg, allowed, f"tasks.{name} ({layer})")
             for sec, val in section_cfg.items():
                 if sec == "method_overrides":
@@ -481,10 +490,12 @@ def resolve_plan(cfg: dict, method: str, task: str, *, seed: int = 0, world_size
         layers.apply(cfg.get("methods", {}).get(n), "preset", "method.")
     # preset task sections; their method_overrides form the "task" layer above the methods'
     apply_task_sections("preset", tasks_cfg)
+    row_sections = ROW_SECTIONS + tuple(n for n in task_sections(src_name, tasks_cfg)
+                                        if n not in COMMON_SECTIONS)
     for key, v in row.items():
-        if key.split(".")[0] not in ROW_SECTIONS:
+        if key.split(".")[0] not in row_sections:
             raise ConfigError(f"table row override {key!r}: expected a key under "
-                              f"{', '.join(ROW_SECTIONS)}")
+                              f"{', '.join(row_sections)}")
         layers.set(key, v, "row")
     apply_task_sections("command line", cli_tasks)
     for n in names:
@@ -501,7 +512,10 @@ def resolve_plan(cfg: dict, method: str, task: str, *, seed: int = 0, world_size
                              pretrains=cls.pretrains)
 
     # ---- finetuning recipe: a layer just above the defaults
-    sections = TASK_SECTIONS[kind if kind != "pretext" else src_kind]
+    sections = dict(task_sections(src_name, tasks_cfg))
+    if kind == "pretext":
+        sections.update(task_sections(task, tasks_cfg))
+        sections.pop("finetune", None)
     ft_cls = sections.get("finetune")
     if kind != "pretext" and ft_cls is FinetunePlan:
         recipe = layers.values.get("finetune.recipe", FinetunePlan.recipe)
@@ -519,20 +533,18 @@ def resolve_plan(cfg: dict, method: str, task: str, *, seed: int = 0, world_size
     encoder = section("encoder", EncoderPlan)
     pretrain = section("pretrain", PretrainPlan) if cls.pretrains else None
     loader = section("loader", LoaderPlan)
-    finetune = detector = evaluation = None
-    if kind == "classification":
-        finetune = section("finetune", FinetunePlan)
-    elif kind == "detection":
-        finetune = section("finetune", DetectionFinetunePlan)
-        detector = section("detector", DetectorPlan)
-    else:
-        evaluation = section("evaluation", EvaluationPlan)
+    finetune = section("finetune", ft_cls) if ft_cls else None
+    detector = section("detector", sections["detector"]) if "detector" in sections else None
+    evaluation = (section("evaluation", sections["evaluation"]) if "evaluation" in sections
+                  else None)
+    options = {name: section(name, cls_) for name, cls_ in sections.items()
+               if name not in COMMON_SECTIONS}
 
     data = section("data", DataPlan)
     data = replace(data, root=str(Path(data_root).expanduser().resolve()) if data_root else None,
                    embedded=None if data_root else data.embedded)
-    if kind == "detection":
-        pre = section("pretrain_data", DataPlan)
+    if "pretrain_data" in sections:  # pretraining reads another data set (COCO: ImageNet)
+        pre = section("pretrain_data", sections["pretrain_data"])
         pretrain_data = _pretrain_source(pre, data, preset)
     else:
         pretrain_data = data
@@ -542,12 +554,12 @@ def resolve_plan(cfg: dict, method: str, task: str, *, seed: int = 0, world_size
     if finetune is not None:
         finetune.batch_per_process(world_size)
 
-    variant = _variant(layers)
+    variant = _variant(layers, row_sections)
     sources = {k: s for k, s in layers.sources.items()}
     return RunPlan(preset=preset, task=task, kind=kind, seed=int(seed), world_size=world_size,
                    method=method_plan, encoder=encoder, pretrain=pretrain, finetune=finetune,
                    detector=detector, evaluation=evaluation, loader=loader, data=data,
-                   pretrain_data=pretrain_data, variant=variant, sources=sources)
+                   pretrain_data=pretrain_data, variant=variant, sources=sources, options=options)
 
 
 def _pretrain_source(pre: DataPlan, data: DataPlan, preset: str) -> DataPlan:
@@ -565,7 +577,7 @@ def _pretrain_source(pre: DataPlan, data: DataPlan, preset: str) -> DataPlan:
     return pre
 
 
-def _variant(layers: Layers) -> str:
+def _variant(layers: Layers, row_sections=ROW_SECTIONS) -> str:
     """What a row or the command line changed in the method/schedule sections: the
     record's name, so variants never overwrite the default cell."""
     parts = []
@@ -573,7 +585,7 @@ def _variant(layers: Layers) -> str:
         if layers.sources[key] not in ("row", "command line"):
             continue
         sec = key.split(".")[0]
-        if sec not in ROW_SECTIONS:
+        if sec not in row_sections:
             continue
         if _same(layers.before.get(key, _UNSET), layers.values[key]):
             continue  # set to what the layers below already gave: not a variant
@@ -630,6 +642,8 @@ def plan_to_dict(plan: RunPlan) -> dict:
                encoder=sec(plan.encoder), loader=sec(plan.loader), data=sec(plan.data),
                pretrain_data=sec(plan.pretrain_data), detector=sec(plan.detector),
                evaluation=sec(plan.evaluation))
+    out.update({name: sec(s) for name, s in plan.options.items()})
+    out["options"] = list(plan.options)
     for name in ("pretrain", "finetune"):
         s = getattr(plan, name)
         if s is None:
@@ -658,8 +672,9 @@ def format_plan(info: dict) -> str:
             src = sources.get(f"{section}.{k}", "derived" if k in DERIVED else "default")
             lines.append(f"    {k:28s} {v!s:40s} [{src}]")
 
+    own = [k for k in info.get("options", ())]
     for section in ("method", "encoder", "pretrain", "finetune", "detector", "evaluation",
-                    "loader"):
+                    *own, "loader"):
         show(section, info.get(section), skip=("name",) if section == "method" else ())
     for section in ("data", "pretrain_data"):
         d = info[section]

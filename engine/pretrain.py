@@ -13,8 +13,6 @@ Both are written atomically (temporary file + rename), by the main process only.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -22,7 +20,8 @@ from mmengine.dist import is_main_process, barrier
 
 from methods import build_method
 
-from .runner import SuiteModel, build_runner
+from .atomic import atomic_torch_save
+from .runner import SuiteModel, build_runner, trust_suite_checkpoints
 
 __all__ = ["PretrainModel", "pretrain_key", "pretrain_identity", "pretrained_folder",
            "is_pretrained", "ensure_pretrained", "atomic_torch_save", "load_method"]
@@ -40,6 +39,12 @@ class PretrainModel(SuiteModel):
         """The method's encoder (the optimizer constructor groups its parameters)."""
         return self.method.encoder
 
+    def on_train_progress(self, fraction: float) -> None:
+        self.method.on_train_progress(fraction)
+
+    def on_train_iter_end(self) -> None:
+        self.method.on_train_iter_end()
+
     def forward(self, inputs, data_samples=None, mode: str = "loss"):
         if mode != "loss":
             raise ValueError(f"pretraining has only the 'loss' mode, got {mode!r}")
@@ -48,15 +53,18 @@ class PretrainModel(SuiteModel):
 
 def pretrain_identity(plan, data_id: dict) -> dict:
     """Everything that changes the pretrained weights, and nothing that does not: the
-    method's class and constructor values, the encoder, the schedule (without the
+    method's class, code version and constructor values, the encoder, the schedule (without the
     gradient-accumulation split of the same global batch), the pretraining data's
     identity and the seed. Loader knobs, the world size and the method's *name* are
     left out, so ``mp3`` and ``mp3-nope`` share a checkpoint."""
     from dataclasses import asdict
 
+    from methods import method_entry
+
     schedule = asdict(plan.pretrain)
     schedule.pop("grad_accum", None)
-    return dict(method=plan.method.cls, method_cfg=plan.method.config,
+    return dict(method=plan.method.cls, version=method_entry(plan.method.name).cls.version,
+                method_cfg=plan.method.config,
                 encoder=asdict(plan.encoder), pretrain=schedule, data=data_id, seed=plan.seed)
 
 
@@ -66,20 +74,9 @@ def pretrain_key(plan, data_id: dict) -> str:
     return f"{plan.method.cls.lower()}-s{plan.seed}-{stable_hash(pretrain_identity(plan, data_id))}"
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def load_method(method_ckpt: Path, map_location="cpu"):
     """Rebuild a pretrained method (encoder + head) from its ``method.pth``."""
+    trust_suite_checkpoints()
     ckpt = torch.load(method_ckpt, map_location=map_location, weights_only=True)
     method = build_method(ckpt["method"], encoder=ckpt["encoder_cfg"], **ckpt["method_cfg"])
     method.load_state_dict(ckpt["state_dict"])

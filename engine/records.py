@@ -12,10 +12,11 @@ import os
 import platform
 import re
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .atomic import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,8 +72,17 @@ def data_tag(plan) -> str:
     return f"@{_slug(Path(roots[0]).name)}-{stable_hash(sorted(set(roots)), 6)}"
 
 
+def results_dir(preset: str, data_root=None) -> Path:
+    """Where a preset's tables, records (``runs/``) and figures go: ``results/<preset>/``,
+    or ``results/<preset>/data-<folder>/`` for tables of a user's data root."""
+    folder = REPO / "results" / preset
+    if data_root:
+        folder = folder / f"data-{_slug(Path(data_root).name)}"
+    return folder
+
+
 def record_path(out, plan) -> Path:
-    folder = Path(out) if out else REPO / "results" / plan.preset / "runs"
+    folder = Path(out) if out else results_dir(plan.preset) / "runs"
     variant = f"[{_slug(plan.variant)}]" if plan.variant else ""
     return folder / f"{plan.method.name}{variant}__{plan.task}{data_tag(plan)}__seed{plan.seed}.json"
 
@@ -93,15 +103,7 @@ def build_record(plan, metrics, pretrained, wall, data: dict) -> dict:
 
 
 def write_record(record: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1, default=str)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_json(path, record, indent=1, default=str)
 
 
 def read_records(folder: Path) -> list[dict]:

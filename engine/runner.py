@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from mmengine.hooks import Hook
-from mmengine.model import BaseModel
+from mmengine.model import BaseModel, is_model_wrapper
 from mmengine.registry import DATA_SAMPLERS, HOOKS
 from mmengine.runner import Runner
 from timm.data.distributed_sampler import RepeatAugSampler
@@ -37,7 +37,16 @@ __all__ = ["SuiteModel", "build_runner", "trust_suite_checkpoints", "LayerDecayO
            "FiniteLossHook", "TrainingProgressHook", "launcher_from_env", "use_cuda"]
 
 
+_TRUSTED = False
+
+
 def trust_suite_checkpoints() -> None:
+    """Let ``torch.load(weights_only=True)`` read the Runner's checkpoints (their message
+    hub and numpy scalars). Called by :func:`build_runner` and the checkpoint loaders,
+    not at import: importing this module changes no global state. Idempotent."""
+    global _TRUSTED
+    if _TRUSTED:
+        return
     from mmengine.logging.history_buffer import HistoryBuffer
 
     # HistoryBuffer pickles its table of statistics *functions* (via getattr), which no
@@ -52,13 +61,12 @@ def trust_suite_checkpoints() -> None:
     for name in ("min", "max", "current", "mean"):
         HistoryBuffer._statistics_methods.setdefault(name, getattr(HistoryBuffer, name))
 
-    safe = [HistoryBuffer, np.dtype, np.ndarray, np.core.multiarray._reconstruct,
-            np.core.multiarray.scalar, np.float64, np.float32, np.int64]
+    multiarray = np._core.multiarray  # numpy >= 2 (numpy.core is its deprecated alias)
+    safe = [HistoryBuffer, np.dtype, np.ndarray, multiarray._reconstruct, multiarray.scalar,
+            np.float64, np.float32, np.int64]
     safe += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
     torch.serialization.add_safe_globals(safe)
-
-
-trust_suite_checkpoints()
+    _TRUSTED = True
 
 
 class SuiteModel(BaseModel):
@@ -74,6 +82,12 @@ class SuiteModel(BaseModel):
 
     def init_weights(self):
         pass
+
+    def on_train_progress(self, fraction: float) -> None:
+        """Before each training step: ``fraction`` of training done (no-op by default)."""
+
+    def on_train_iter_end(self) -> None:
+        """After each optimizer step (no-op by default)."""
 
 
 def use_cuda() -> bool:
@@ -131,14 +145,26 @@ class SeededRepeatAugSampler(RepeatAugSampler):
 
 @HOOKS.register_module()
 class TrainingProgressHook(Hook):
-    """Tells a method how far training has got (``set_progress(fraction)``), for
-    schedules that live inside a method, such as DropPos's decaying sigma."""
+    """Calls the model's lifecycle hooks (:class:`SuiteModel`): ``on_train_progress``
+    with the fraction of training done before each step (schedules inside a method,
+    such as DropPos's decaying sigma) and ``on_train_iter_end`` after each optimizer
+    step (e.g. an EMA teacher). Models from other libraries (mmdet's detectors) have no
+    lifecycle and are left alone."""
+
+    @staticmethod
+    def _model(runner) -> "SuiteModel | None":
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        return model if isinstance(model, SuiteModel) else None
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
-        model = runner.model.module if hasattr(runner.model, "module") else runner.model
-        method = getattr(model, "method", None)
-        if hasattr(method, "set_progress"):
-            method.set_progress(runner.iter / max(1, runner.max_iters))
+        model = self._model(runner)
+        if model is not None:  # 0 at the first step, exactly 1 at the last
+            model.on_train_progress(min(1.0, runner.iter / max(1, runner.max_iters - 1)))
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        model = self._model(runner)
+        if model is not None:
+            model.on_train_iter_end()
 
 
 def lr_schedule(iters_per_epoch: int, schedule) -> list[dict]:
@@ -180,6 +206,7 @@ def build_runner(model, work_dir: str | Path, train_dataset, *, schedule, batch_
     """
     from .plan import iters_per_epoch
 
+    trust_suite_checkpoints()  # the Runner resumes from its own checkpoints
     work_dir = Path(work_dir)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     repeats = int(schedule.repeated_aug)
@@ -250,5 +277,4 @@ def build_runner(model, work_dir: str | Path, train_dataset, *, schedule, batch_
         default_scope=default_scope,
         **kwargs,
     )
-    logging.getLogger("mmengine").propagate = False
     return runner

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from engine.errors import ConfigError
-
 from .base import PretrainMethod
 from .part import PART
 from .mae import MAE
@@ -43,7 +41,7 @@ METHODS: dict[str, MethodEntry] = {
 
 def method_entry(name: str) -> MethodEntry:
     if name not in METHODS:
-        raise ConfigError(f"unknown method {name!r}; expected one of: {', '.join(sorted(METHODS))}")
+        raise KeyError(f"unknown method {name!r}; expected one of: {', '.join(sorted(METHODS))}")
     return METHODS[name]
 
 

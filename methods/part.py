@@ -19,7 +19,9 @@ Config values, not copies:
 - in 1D (``encoder.modality='1d'``) boxes are windows along time and the target is dx.
 
 Choices the paper leaves open (documented, and config values where it matters):
-- pairs are drawn uniformly with ``ref != tgt`` (a pair with itself has target 0);
+- pairs are drawn per sample without replacement from the N(N-1) ordered pairs with
+  ``ref != tgt`` (a pair with itself has target 0); ``pairs_with_replacement=True``
+  draws them independently (:func:`sample_pairs`);
 - the relative encoder attends over the N patch embeddings (not the [CLS] token);
 - pretext errors: ``err_x``/``err_y`` are the mean squared errors of dx/dy and
   ``err_euclid`` the mean Euclidean distance between predicted and true (dx, dy),
@@ -32,18 +34,43 @@ import torch.nn.functional as F
 
 from .base import PretrainMethod
 from .heads import build_relative_head
-from .sampling import (extract_patches, extract_windows, grid_windows, sample_boxes,
-                       sample_offgrid_windows)
+from .sampling import PatchSampler
 
 __all__ = ["PART", "relative_targets", "sample_pairs"]
 
 
 def sample_pairs(batch_size: int, num_tokens: int, num_pairs: int, device=None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """``(B, M, 2)`` random (ref, tgt) token indices with ref != tgt."""
-    ref = torch.randint(0, num_tokens, (batch_size, num_pairs), device=device, generator=generator)
-    shift = torch.randint(1, num_tokens, (batch_size, num_pairs), device=device, generator=generator)
-    return torch.stack([ref, (ref + shift) % num_tokens], dim=-1)
+                 generator: torch.Generator | None = None,
+                 replacement: bool = False) -> torch.Tensor:
+    """``(B, M, 2)`` random (ref, tgt) token indices with ref != tgt, per sample.
+
+    Without replacement (default): M distinct ordered pairs out of the N(N-1), drawn
+    uniformly; when M exceeds N(N-1), every pair appears once per full pass and the
+    remainder is a fresh uniform draw (so no pair appears twice more often than
+    another). With replacement: M independent uniform draws. The paper leaves this
+    open; its counts (4096 on CIFAR's 64 patches, 4802 = 196^2 / 8 on ImageNet) read
+    naturally as draws from all ordered pairs, so without replacement is our default.
+    """
+    total = num_tokens * (num_tokens - 1)
+    if total < 1:
+        raise ValueError(f"pairs need at least 2 tokens, got {num_tokens}")
+    if replacement:
+        ref = torch.randint(0, num_tokens, (batch_size, num_pairs), device=device,
+                            generator=generator)
+        shift = torch.randint(1, num_tokens, (batch_size, num_pairs), device=device,
+                              generator=generator)
+        return torch.stack([ref, (ref + shift) % num_tokens], dim=-1)
+    chunks, left = [], num_pairs
+    while left > 0:  # one random order of all pairs per pass, cut to what is left
+        take = min(left, total)
+        noise = torch.rand(batch_size, total, device=device, generator=generator)
+        chunks.append(noise.topk(take, dim=1).indices if take < total else noise.argsort(1))
+        left -= take
+    index = torch.cat(chunks, dim=1)
+    ref = index // (num_tokens - 1)
+    rest = index % (num_tokens - 1)
+    tgt = rest + (rest >= ref).long()  # skip the diagonal
+    return torch.stack([ref, tgt], dim=-1)
 
 
 def relative_targets(boxes: torch.Tensor, pairs: torch.Tensor, with_scale: bool = False,
@@ -73,53 +100,45 @@ def relative_targets(boxes: torch.Tensor, pairs: torch.Tensor, with_scale: bool 
 
 class PART(PretrainMethod):
     pretrain_pos_embed = False
+    version = 2  # pairs without replacement by default
 
     def __init__(self, encoder: dict, num_pairs: int = 2048, sampling: str = "offgrid",
                  box_size: float | None = None, num_patches: int | None = None,
                  head: str = "cross_attention", head_num_heads: int = 1,
-                 scale_target: str = "ratio"):
+                 scale_target: str = "ratio", pairs_with_replacement: bool = False):
         super().__init__(encoder)
         enc = self.encoder
+        if num_pairs < 1:
+            raise ValueError(f"num_pairs must be >= 1, got {num_pairs}")
         self.sampling = sampling
         self.patch_size = enc.patch_size
         self.box_size = box_size or self.patch_size
         self.num_patches = num_patches or enc.num_patches  # N = HW / P^2 by default
         if sampling == "grid" and self.num_patches != enc.num_patches:
             raise ValueError(f"grid sampling has {enc.num_patches} patches, num_patches={num_patches}")
-        if enc.modality == "1d" and sampling == "scale_aspect":
-            raise ValueError("scale_aspect sampling is defined for 2D images only")
+        self.sampler = PatchSampler(enc.modality, sampling, self.patch_size, self.num_patches,
+                                    self.box_size)
         self.num_pairs = num_pairs
+        self.pairs_with_replacement = bool(pairs_with_replacement)
         self.with_scale = sampling == "scale_aspect"
         self.scale_target = scale_target
-        k = 1 if enc.modality == "1d" else 2
+        k = self.sampler.coord_dims
         self.target_dim = 2 * k if self.with_scale else k
         self.head = build_relative_head(head, enc.embed_dim, self.target_dim, self.num_patches,
                                         num_heads=head_num_heads)
 
     # -------------------------------------------------------------------- sampling
-    def sample_boxes(self, images: torch.Tensor,
+    def sample_boxes(self, samples: torch.Tensor,
                      generator: torch.Generator | None = None) -> torch.Tensor:
-        b = images.shape[0]
-        if self.modality == "1d":
-            length = images.shape[-1]
-            if self.sampling == "grid":
-                boxes = grid_windows(b, length, self.patch_size, device=images.device)
-            else:
-                boxes = sample_offgrid_windows(b, self.num_patches, length, self.box_size,
-                                               generator, images.device)
-        else:
-            boxes = sample_boxes(self.sampling, b, self.num_patches, tuple(images.shape[-2:]),
-                                 self.patch_size, self.box_size, generator, images.device)
-        if self.sampling == "grid":
-            # Shuffle token order per image: a puzzle, as in MP3's setting.
-            order = torch.rand(boxes.shape[:2], device=boxes.device, generator=generator).argsort(1)
-            boxes = torch.gather(boxes, 1, order[..., None].expand_as(boxes))
-        return boxes
+        return self.sampler.sample(samples, generator)
 
-    def extract(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        if self.modality == "1d":
-            return extract_windows(images, boxes, self.patch_size)
-        return extract_patches(images, boxes, self.patch_size)
+    def sample_pairs(self, batch_size: int, num_tokens: int, device=None,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        return sample_pairs(batch_size, num_tokens, self.num_pairs, device, generator,
+                            self.pairs_with_replacement)
+
+    def extract(self, samples: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        return self.sampler.extract(samples, boxes)
 
     # -------------------------------------------------------------------- model
     def embed(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -137,8 +156,7 @@ class PART(PretrainMethod):
     def forward(self, images: torch.Tensor,
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         boxes = self.sample_boxes(images, generator)
-        pairs = sample_pairs(images.shape[0], boxes.shape[1], self.num_pairs, images.device,
-                             generator)
+        pairs = self.sample_pairs(images.shape[0], boxes.shape[1], images.device, generator)
         pred = self.predict(images, boxes, pairs)
         target = self.targets(boxes, pairs)
         loss = F.mse_loss(pred.float(), target)  # eq. 4: mean over pairs and coordinates
@@ -146,7 +164,7 @@ class PART(PretrainMethod):
 
     def errors(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Table 5's pretext errors, on the translation part of the target."""
-        k = 1 if self.modality == "1d" else 2
+        k = self.sampler.coord_dims
         diff = pred[..., :k] - target[..., :k]
         out = {"err_x": diff[..., 0].pow(2).mean()}
         if k == 2:
@@ -159,7 +177,7 @@ class PART(PretrainMethod):
     def pretext_outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Predictions and targets of one held-out batch (the caller fixes the RNG)."""
         boxes = self.sample_boxes(images)
-        pairs = sample_pairs(images.shape[0], boxes.shape[1], self.num_pairs, images.device)
+        pairs = self.sample_pairs(images.shape[0], boxes.shape[1], images.device)
         pred = self.predict(images, boxes, pairs).float()
         return {"pred": pred.flatten(0, 1), "target": self.targets(boxes, pairs).flatten(0, 1)}
 
@@ -171,7 +189,7 @@ class PART(PretrainMethod):
         from the pixels cannot beat it.
         """
         pred, target = outputs["pred"], outputs["target"]
-        k = 1 if self.modality == "1d" else 2
+        k = self.sampler.coord_dims
         out = {name: float(v) for name, v in self.errors(pred, target).items()}
         shift = target[:, :k].double()
         median = shift.mean(0)

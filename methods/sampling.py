@@ -31,6 +31,8 @@ __all__ = [
     "grid_windows",
     "extract_windows",
     "SAMPLING_MODES",
+    "PatchSampler",
+    "shuffle_boxes",
 ]
 
 SAMPLING_MODES = ("offgrid", "grid", "scale_aspect")
@@ -104,6 +106,67 @@ def sample_boxes(mode: str, batch_size: int, num_boxes: int, image_size: tuple[i
         return sample_scale_aspect_boxes(batch_size, num_boxes, image_size, patch_size,
                                          generator=generator, device=device)
     raise ValueError(f"unknown sampling mode {mode!r}; expected one of {SAMPLING_MODES}")
+
+
+def shuffle_boxes(boxes: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random token order per sample: ``(B, N, k)`` rows permuted along N."""
+    order = torch.rand(boxes.shape[:2], device=boxes.device, generator=generator).argsort(1)
+    return torch.gather(boxes, 1, order[..., None].expand_as(boxes))
+
+
+class PatchSampler:
+    """Where a method's patches come from, chosen once from (modality, mode).
+
+    ``sample(x, generator)`` gives the boxes of a batch (``(B, N, 4)`` image boxes or
+    ``(B, N, 2)`` windows); ``extract(x, boxes)`` cuts them out at the patch size;
+    ``coord_dims`` is 2 for images, 1 for signals. Grid modes return the ViT's own grid
+    in a random token order per sample, so no head can read positions off the index.
+    """
+
+    def __init__(self, modality: str, mode: str, patch_size: int, num_boxes: int,
+                 box_size: float | None = None):
+        if mode not in SAMPLING_MODES:
+            raise ValueError(f"unknown sampling mode {mode!r}; expected one of {SAMPLING_MODES}")
+        if modality == "1d" and mode == "scale_aspect":
+            raise ValueError("scale_aspect sampling is defined for 2D images only")
+        self.modality, self.mode = modality, mode
+        self.patch_size, self.num_boxes = int(patch_size), int(num_boxes)
+        self.box_size = float(box_size or patch_size)
+        self.coord_dims = 1 if modality == "1d" else 2
+        samplers = {("2d", "offgrid"): self._boxes_offgrid, ("2d", "grid"): self._boxes_grid,
+                    ("2d", "scale_aspect"): self._boxes_scale_aspect,
+                    ("1d", "offgrid"): self._windows_offgrid, ("1d", "grid"): self._windows_grid}
+        self.sample = samplers[(modality, mode)]
+
+    # 2D
+    def _boxes_offgrid(self, x, generator=None):
+        return sample_offgrid_boxes(x.shape[0], self.num_boxes, tuple(x.shape[-2:]),
+                                    self.box_size, generator, x.device)
+
+    def _boxes_grid(self, x, generator=None):
+        boxes = grid_boxes(x.shape[0], tuple(x.shape[-2:]), self.patch_size, x.device)
+        if boxes.shape[1] != self.num_boxes:
+            raise ValueError(f"grid sampling gives {boxes.shape[1]} boxes, config asks "
+                             f"{self.num_boxes}")
+        return shuffle_boxes(boxes, generator)
+
+    def _boxes_scale_aspect(self, x, generator=None):
+        return sample_scale_aspect_boxes(x.shape[0], self.num_boxes, tuple(x.shape[-2:]),
+                                         self.patch_size, generator=generator, device=x.device)
+
+    # 1D
+    def _windows_offgrid(self, x, generator=None):
+        return sample_offgrid_windows(x.shape[0], self.num_boxes, x.shape[-1], self.box_size,
+                                      generator, x.device)
+
+    def _windows_grid(self, x, generator=None):
+        return shuffle_boxes(grid_windows(x.shape[0], x.shape[-1], self.patch_size, x.device),
+                             generator)
+
+    def extract(self, x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        if self.modality == "1d":
+            return extract_windows(x, boxes, self.patch_size)
+        return extract_patches(x, boxes, self.patch_size)
 
 
 def box_centres(boxes: torch.Tensor) -> torch.Tensor:

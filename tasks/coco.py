@@ -27,13 +27,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.errors import ConfigError, DataError
+from engine.errors import DataError
+from engine.plan import (DataPlan, DetectionFinetunePlan, DetectorPlan, EncoderPlan, LoaderPlan,
+                         PretrainPlan)
 
-from .base import RunnerSamples, Task
+from .base import Task
 from .checkpoint import load_encoder_into_backbone
 from .data.coco import (build_coco_dataset, check_coco_annotations, check_coco_root, coco_classes,
                         count_annotated_images, eval_pipeline, train_pipeline)
-from .data.coco_synthetic import ensure_embedded_coco
+from .data.sources import data_source
 from .detection_config import build_detector
 
 __all__ = ["CocoTask", "summarise_metrics", "build_metric", "build_evaluators", "evaluate_predictions"]
@@ -94,14 +96,10 @@ def evaluate_predictions(ann_file: Path, predictions: list[dict], classes=None) 
 class CocoTask(Task):
     name = "coco"
     kind = "detection"
+    sections = {"data": DataPlan, "encoder": EncoderPlan, "pretrain": PretrainPlan,
+                "pretrain_data": DataPlan, "finetune": DetectionFinetunePlan,
+                "detector": DetectorPlan, "loader": LoaderPlan}
     metric_names = ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75")
-
-    def write_embedded(self, dataset, data_cache, **embedded):
-        if dataset == "coco":
-            return ensure_embedded_coco(data_cache, **embedded)
-        from .classification import write_embedded_classification
-
-        return write_embedded_classification(dataset, data_cache, **embedded)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -121,22 +119,10 @@ class CocoTask(Task):
         self._pretrain_split(True, None)
         self._pretrain_split(False, None)
 
-    # pretraining: ImageNet-format images (plan.pretrain_data) at the encoder's size
+    # pretraining: the images of plan.pretrain_data (ImageNet's format), through the registry
     def _pretrain_split(self, train: bool, transform):
-        from .classification import read_split
-
-        pre = self.plan.pretrain_data
-        if pre.missing:
-            raise ConfigError(f"the {self.plan.task} task pretrains on {pre.dataset}: set "
-                              f"tasks.{self.plan.task}.pretrain_data.root (e.g. --cfg-options "
-                              f"tasks.{self.plan.task}.pretrain_data.root=/data/imagenet)")
-        return read_split(pre.dataset, self.resolve_root(pre), train, transform)
-
-    def pretrain_dataset(self):
-        from .classification import pretrain_transform
-
-        tf = pretrain_transform(self.plan.encoder.img_size, self.plan.pretrain.augment)
-        return RunnerSamples(self._pretrain_split(True, tf))
+        return data_source(self.plan.pretrain_data.dataset).read(self.pretrain_root, train,
+                                                                 transform)
 
     def train_sizes(self):
         pre, data = self.plan.pretrain_data, self.plan.data

@@ -10,7 +10,7 @@ import torch
 from benchmarks.run import data_identities, make_plan, pretrained_method, run_cell
 from engine.errors import ConfigError, DataError, TrainingError
 from engine.pretrain import atomic_torch_save, ensure_pretrained
-from methods import build_method
+from methods import METHODS, build_method
 from methods.backbone import build_encoder
 from methods.part import PART
 from tasks import build_task
@@ -35,8 +35,10 @@ def _pretrain(method, task_name, cache: Path, cfg_options, seed: int = 0):
     """(task, pretrained folder) of a tiny-preset plan."""
     plan = make_plan(method, task_name, seed=seed, cfg_options=cfg_options)
     task = build_task(plan, cache)
-    folder = ensure_pretrained(plan, task.pretrain_dataset(), data_identities(plan)["pretrain"],
-                               cache, log=lambda *_: None)
+    task.prepare_data()
+    views = METHODS[method].cls.pretrain_views(**plan.method.config)
+    folder = ensure_pretrained(plan, task.pretrain_dataset(views),
+                               data_identities(plan)["pretrain"], cache, log=lambda *_: None)
     return task, folder
 
 
@@ -52,8 +54,8 @@ def test_part_learns_relative_positions_and_a_shuffled_pairing_does_not(tmp_path
     # symmetry: predicted dx/dy matrices on held-out images are close to antisymmetric
     method, task = pretrained_method("part", preset="tiny", cache=tmp_path / "good",
                                      cfg_options=LEARN)
-    images = torch.from_numpy(task._split(False, None).data[:4])
-    images = (images.permute(0, 3, 1, 2).float() / 255 - 0.45) / 0.225
+    held = task.heldout_set()
+    images = torch.stack([held[i][0] for i in range(4)])
     pred, true = method.pair_matrices(images, method.sample_boxes(images))
     for k in range(2):
         p = pred[..., k]

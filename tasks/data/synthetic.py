@@ -35,6 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.atomic import atomic_write_bytes
+
+_atomic_write_bytes = atomic_write_bytes  # the COCO generator's name for it
+
 # Bump when the rendered pixels change, so that stale caches are not reused.
 GENERATOR_VERSION = 1
 
@@ -296,18 +300,6 @@ def _render(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarr
 
 
 # --------------------------------------------------------------------------- writers
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _cifar_batch(images: np.ndarray, labels: np.ndarray, split: str) -> dict:
     n = images.shape[0]
     # channel-major rows: R plane, then G, then B; each plane row-major.
@@ -348,8 +340,8 @@ def write_cifar100(
     for split, count in (("train", num_train), ("test", num_test)):
         images, labels = render_scenes(count, size, num_classes, derive_seed(seed, split))
         batch = _cifar_batch(images, labels, split)
-        _atomic_write_bytes(folder / split, pickle.dumps(batch, protocol=2))
-    _atomic_write_bytes(folder / "meta", pickle.dumps(meta, protocol=2))
+        atomic_write_bytes(folder / split, pickle.dumps(batch, protocol=2))
+    atomic_write_bytes(folder / "meta", pickle.dumps(meta, protocol=2))
     return root
 
 

@@ -1,0 +1,36 @@
+"""The command-line boundary: logging set up once, and user errors as one line.
+
+Library code raises :class:`engine.errors.PartBenchError` (or ``ValueError`` /
+``KeyError`` from ``methods/`` and ``tasks/``, which know nothing of the CLI); a command
+turns them into one ``error: ...`` line on stderr and exit status 2, with the traceback
+only under ``--debug``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+__all__ = ["configure_logging", "user_errors", "report_user_error"]
+
+
+def configure_logging() -> None:
+    """Where a command starts: our lines on stdout; mmengine's logger prints its own
+    (it is not repeated through the root logger)."""
+    logging.basicConfig(level=os.environ.get("PART_BENCH_LOG_LEVEL", "INFO"),
+                        format="%(message)s", stream=sys.stdout)
+    logging.getLogger("mmengine").propagate = False
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions a command reports as one line."""
+    from .errors import PartBenchError
+
+    return (PartBenchError, ValueError, KeyError)
+
+
+def report_user_error(exc: BaseException) -> int:
+    """Print ``exc`` as one line on stderr; the exit status (2)."""
+    msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)
+    return 2
