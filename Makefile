@@ -7,7 +7,7 @@ ARGS    ?=
 DRY_RUN ?=
 TABLE_ARGS = --preset $(PRESET) --seeds $(SEEDS) $(if $(filter 1,$(DRY_RUN)),--dry-run) $(ARGS)
 
-.PHONY: setup doctor test table1 table2 table4 table5 table6 table7 fig8 figures speed
+.PHONY: setup doctor test table1 table2 table3 table4 table5 table6 table7 fig8 figures speed
 
 setup:                     ## create .venv with every package the suite needs (incl. mmcv ops)
 	bash scripts/setup.sh
@@ -36,7 +36,10 @@ table1:                    ## Table 1: PART vs PART + aspect ratio + scale (COCO
 table2:                    ## Table 2: COCO detection, MAE / MP3 / DropPos / PART
 	$(PY) -m benchmarks.tables table2 $(TABLE_ARGS)
 
-table4:                    ## Table 4: PART-grid vs PART (COCO, CIFAR-100, IN-1K columns)
+table3:                    ## Table 3: EEG sleep staging (PhysioNet 2018, kappa)
+	$(PY) -m benchmarks.tables table3 $(TABLE_ARGS)
+
+table4:                    ## Table 4: PART-grid vs PART (COCO, CIFAR-100, IN-1K, EEG columns)
 	$(PY) -m benchmarks.tables table4 $(TABLE_ARGS)
 
 table6:                    ## Table 6: ImageNet-1k rows we implement

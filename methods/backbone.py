@@ -30,6 +30,9 @@ ENCODER_ARCHS = {
     "vit_tiny": dict(embed_dim=192, depth=12, num_heads=3),
     "vit_small": dict(embed_dim=384, depth=12, num_heads=6),
     "vit_base": dict(embed_dim=768, depth=12, num_heads=12),
+    # the EEG encoder: with 6 x 100-sample patches, 30 tokens and 5 classes, 12.80 M
+    # parameters; the paper states 12.9 M and no shape (width/depth our choice)
+    "vit_eeg": dict(embed_dim=256, depth=16, num_heads=8),
 }
 
 

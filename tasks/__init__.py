@@ -1,14 +1,16 @@
 """The task registry: ``TASKS`` and ``build_task(plan, cache_root)``.
 
-A task's class says its kind (``classification``, ``pretext``, ``detection``): which
-sections its preset entry holds (:data:`engine.plan.TASK_SECTIONS`). The ``pretext``
-task reads its ``source`` task's data and encoder, resolved into its plan.
+A task's class declares its kind (``classification``, ``pretext``, ``detection``,
+``sleep_staging``) and the sections its preset entry holds (``Task.sections``); adding a
+task is its module plus one line here. The ``pretext`` task reads its ``source`` task's
+data and encoder, resolved into its plan.
 """
 from __future__ import annotations
 
 from .base import Task
 from .classification import ClassificationTask
 from .coco import CocoTask
+from .eeg import EEGTask
 from .pretext import PretextTask
 
 TASKS: dict[str, type[Task]] = {
@@ -16,6 +18,7 @@ TASKS: dict[str, type[Task]] = {
     "imagenet": ClassificationTask,
     "pretext": PretextTask,
     "coco": CocoTask,
+    "eeg": EEGTask,
 }
 
 

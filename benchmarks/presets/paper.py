@@ -44,6 +44,23 @@ tasks = dict(
                   finetune=_finetune_in, loader=_loader_in,
                   method_overrides=dict(part=dict(num_pairs=4802))),
     pretext=dict(source="cifar100", evaluation=dict(batch_size=256, max_images=10000)),
+    eeg=dict(
+        # PhysioNet/CinC 2018 under --data-root (training/ and, for pretraining, test/)
+        data=dict(dataset="physionet2018"),
+        # a 1D ViT of 12.8 M parameters (the paper: 12.9 M) over 1 s patches of 6 channels
+        encoder=dict(arch="vit_eeg", img_size=3000, patch_size=100, in_chans=6, modality="1d"),
+        # PT 1000 epochs (the paper); batch 256, lr 5e-4 at 256 and warmup 40 (assumption)
+        pretrain=dict(epochs=1000, global_batch_size=256, base_lr=5e-4, lr_reference_batch=256),
+        # FT 100 epochs with 20 % of the position embeddings masked: the finetune defaults
+        finetune=dict(),
+        # 1,653 pretraining, 10 finetuning and 200 test subjects: the eeg section defaults
+        eeg=dict(),
+        # PART: 40 randomly placed 1 s windows per 30 s window (the paper); all their
+        # ordered pairs, and all of the 30 grid patches' for PART-grid (our choice)
+        method_overrides={"part": dict(num_patches=40, num_pairs=1560),
+                          "part-grid": dict(num_patches=30, num_pairs=870)},
+        loader=dict(num_workers=8, log_interval=50),
+    ),
     coco=dict(
         data=dict(dataset="coco"),
         # Pretraining on ImageNet: ViT-B/16, 200 epochs, 4802 pairs. ImageNet's root is a

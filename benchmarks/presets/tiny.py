@@ -31,6 +31,9 @@ _finetune_32 = dict(
 
 _loader = dict(num_workers=1, log_interval=20)
 
+# EEG: the 1D encoder over 30 s windows of 6 channels at 100 Hz, 1 s patches (30 tokens)
+_encoder_eeg = dict(arch="vit_micro", img_size=3000, patch_size=100, in_chans=6, modality="1d")
+
 # Decoders are scaled down with the encoder; the paper preset has the public recipes' sizes.
 methods = dict(
     mae=dict(decoder_dim=64, decoder_depth=2, decoder_heads=4),
@@ -50,6 +53,24 @@ tasks = dict(
         encoder=_encoder_32, pretrain=_pretrain_32, finetune=_finetune_32, loader=_loader,
     ),
     pretext=dict(source="cifar100", evaluation=dict(batch_size=100, max_images=500)),
+    eeg=dict(
+        # embedded data: PhysioNet 2018's layout, 24 labelled + 6 unlabelled 1-hour records
+        data=dict(dataset="physionet2018", embedded=dict(n_training=24, n_test=6, hours=1.0,
+                                                         seed=3)),
+        encoder=_encoder_eeg,
+        pretrain=dict(epochs=10, global_batch_size=64, base_lr=1e-3, lr_reference_batch=64,
+                      warmup_epochs=1),
+        # 10 finetuning subjects as the paper's, scaled: 4 subjects, 30 epochs (~200 steps)
+        finetune=dict(epochs=30, global_batch_size=64, base_lr=1e-3, lr_reference_batch=64,
+                      warmup_epochs=2),
+        eeg=dict(pretrain_subjects=20, finetune_subjects=4, test_subjects=6, scale_down=True,
+                 cache_workers=2),
+        # PART: 40 random 1 s windows per 30 s window (the paper's), PART-grid the 30 grid
+        # patches; 256 pairs each (our choice: the relative head's cost grows with pairs)
+        method_overrides={"part": dict(num_patches=40, num_pairs=256),
+                          "part-grid": dict(num_patches=30, num_pairs=256)},
+        loader=_loader,
+    ),
     coco=dict(
         # embedded data: COCO 2017 layout, 10 categories with non-contiguous ids
         data=dict(dataset="coco", embedded=dict(num_train=320, num_val=100, size=96,
