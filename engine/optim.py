@@ -9,7 +9,14 @@ which are exempt from weight decay. Both rules build their groups with timm's
 optimizer's lr times that scale, and mmengine's schedulers then scale every group
 alike.
 
-``rule="timm"`` (the default: classification finetuning, pretraining)
+``rule="mae"`` (pretraining, every method)
+    No layer decay; every 1-D parameter and every bias is exempt from weight decay and
+    everything else is decayed, the [CLS] and mask tokens included; frozen parameters
+    (MAE's and DropPos's fixed sin-cos tables) are left out. This is the rule of MAE's
+    and DropPos's pretraining (``main_pretrain.py`` of both: timm's
+    ``add_weight_decay(model, weight_decay)`` without a skip list); timm's
+    ``param_groups_weight_decay`` builds it here.
+``rule="timm"`` (the default: classification finetuning)
     The groups timm gives the model's ``encoder`` (a timm ``VisionTransformer``):
     layers from its ``group_matcher`` (patch and position embedding, [CLS]: layer 0;
     block i: layer i + 1, the final norm with the last block; the head: the top layer,
@@ -29,21 +36,20 @@ alike.
     MMDetection's ViTDet project constructor
     (``projects/ViTDet/vitdet/layer_decay_optimizer_constructor.py``:
     ``get_layer_id_for_vit`` and the ``backbone.blocks`` ... ``norm`` / ``pos_embed``
-    exemptions), for a backbone with our (timm's) parameter names. The registered name
-    ``ViTDetLayerDecayConstructor`` is this constructor with ``rule="vitdet"``, for
-    callers that choose a constructor by name.
+    exemptions), for a backbone with our (timm's) parameter names.
+
+:func:`engine.runner.build_runner` passes the rule (``param_rule``).
 """
 from __future__ import annotations
 
 from mmengine.model import is_model_wrapper
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS
-from timm.optim import param_groups_layer_decay
+from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 
-__all__ = ["LayerDecayOptimWrapperConstructor", "RULES", "VITDET_LAYERS", "VITDET_NO_DECAY",
-           "vitdet_layer_decay_constructor"]
+__all__ = ["LayerDecayOptimWrapperConstructor", "RULES", "VITDET_LAYERS", "VITDET_NO_DECAY"]
 
-RULES = ("timm", "vitdet")
+RULES = ("mae", "timm", "vitdet")
 
 # ViTDet's layer ids as a timm group matcher over a detector's parameter names: the stem
 # is layer 0, block i layer i + 1; timm puts every parameter no pattern matches (pyramid,
@@ -87,7 +93,9 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         """The optimizer's groups: ``params``, ``lr`` and ``weight_decay`` each."""
         rule = self.paramwise_cfg.get("rule", "timm")
         decay = float(self.paramwise_cfg.get("layer_decay", 1.0))
-        if rule == "timm":
+        if rule == "mae":
+            groups = [dict(g, lr_scale=1.0) for g in param_groups_weight_decay(model, weight_decay)]
+        elif rule == "timm":
             encoder = model.encoder
             groups = param_groups_layer_decay(encoder, weight_decay=weight_decay, layer_decay=decay,
                                               no_weight_decay_list=encoder.no_weight_decay())
@@ -107,9 +115,3 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         for g in groups:
             g["lr"] = lr * g.pop("lr_scale")
         return groups
-
-
-@OPTIM_WRAPPER_CONSTRUCTORS.register_module(name="ViTDetLayerDecayConstructor")
-def vitdet_layer_decay_constructor(optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None):
-    """:class:`LayerDecayOptimWrapperConstructor` with ``rule="vitdet"``."""
-    return LayerDecayOptimWrapperConstructor(optim_wrapper_cfg, {**(paramwise_cfg or {}), "rule": "vitdet"})

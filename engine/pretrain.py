@@ -27,6 +27,10 @@ __all__ = ["PretrainModel", "pretrain_key", "pretrain_identity", "pretrained_fol
            "is_pretrained", "ensure_pretrained", "atomic_torch_save", "load_method"]
 
 
+# Weight-decay groups of every pretraining: MAE's and DropPos's rule (engine.optim).
+PRETRAIN_PARAM_RULE = "mae"
+
+
 class PretrainModel(SuiteModel):
     """Adapts a method (images -> dict of loss and metrics) to mmengine's model API."""
 
@@ -64,7 +68,7 @@ def pretrain_identity(plan, data_id: dict) -> dict:
     schedule = asdict(plan.pretrain)
     schedule.pop("grad_accum", None)
     return dict(method=plan.method.cls, version=method_entry(plan.method.name).cls.version,
-                method_cfg=plan.method.config,
+                method_cfg=plan.method.config, param_rule=PRETRAIN_PARAM_RULE,
                 encoder=asdict(plan.encoder), pretrain=schedule, data=data_id, seed=plan.seed)
 
 
@@ -104,7 +108,8 @@ def ensure_pretrained(plan, dataset, data_id: dict, cache_root: Path, log=print)
     method = build_method(plan.method.name, encoder=plan.encoder.as_kwargs(), **plan.method.config)
     runner = build_runner(PretrainModel(method), folder / "work", dataset, schedule=pre,
                           batch_per_process=plan.pretrain_batch(), loader=plan.loader,
-                          seed=plan.seed, experiment_name="pretrain")
+                          seed=plan.seed, experiment_name="pretrain",
+                          param_rule=PRETRAIN_PARAM_RULE)
     runner.train()
     if is_main_process():
         meta = dict(method=plan.method.name, method_cfg=plan.method.config,

@@ -193,13 +193,16 @@ def build_runner(model, work_dir: str | Path, train_dataset, *, schedule, batch_
                  test_batch_size: int | None = None, collate_fn: str = "default_collate",
                  experiment_name: str | None = None,
                  optim_constructor: str = "LayerDecayOptimWrapperConstructor",
+                 param_rule: str = "timm",
                  default_scope: str = "mmengine") -> Runner:
     """A Runner for one training job (see module docstring).
 
     ``schedule`` is a plan section (:class:`engine.plan.PretrainPlan`, ``FinetunePlan``
     or ``DetectionFinetunePlan``): epochs, the lr after its scaling rule, warmup, decay
     or ``lr_steps`` (fractions of training for step drops), ``layer_decay`` (parameter
-    groups by ``optim_constructor``), ``grad_accum``, ``repeated_aug``.
+    groups by ``optim_constructor`` under ``param_rule``: :mod:`engine.optim`'s ``mae``
+    for pretraining, ``timm`` for classification, ``vitdet`` for the detector),
+    ``grad_accum``, ``repeated_aug``.
     ``batch_per_process`` is the plan's global batch / (world size x grad_accum);
     ``loader`` the plan's loader section. ``default_scope`` is the registry scope the
     Runner builds its parts in (``mmdet`` for detectors).
@@ -225,7 +228,7 @@ def build_runner(model, work_dir: str | Path, train_dataset, *, schedule, batch_
     # The constructor also owns the weight-decay exemptions, so it runs without layer
     # decay too (decay 1.0).
     optim_wrapper["constructor"] = optim_constructor
-    optim_wrapper["paramwise_cfg"] = dict(layer_decay=schedule.layer_decay or 1.0)
+    optim_wrapper["paramwise_cfg"] = dict(layer_decay=schedule.layer_decay or 1.0, rule=param_rule)
 
     sampler = (dict(type="SeededRepeatAugSampler", num_repeats=repeats, seed=seed) if repeats > 1
                else dict(type="DefaultSampler", shuffle=True))

@@ -157,7 +157,7 @@ class CocoTask(Task):
         runner = build_runner(
             model, work_dir, train_set, schedule=ft, batch_per_process=plan.finetune_batch(),
             loader=plan.loader, seed=plan.seed,
-            optim_constructor="ViTDetLayerDecayConstructor",  # engine.optim, rule "vitdet"
+            param_rule="vitdet",  # engine.optim: ViTDet's layer ids and exemptions
             default_scope="mmdet",
             collate_fn="pseudo_collate", test_dataset=val_set, test_evaluator=evaluators,
             test_batch_size=ft.test_batch_size, experiment_name="coco")

@@ -145,3 +145,33 @@ def test_detection_groups_are_vitdets(tmp_path, monkeypatch):
     neck_norms = [f"neck.{m}.{p}" for m, mod in model.neck.named_modules() if "LayerNorm" in type(mod).__name__
                   for p, _ in mod.named_parameters()]
     assert neck_norms and all(got[n] == (pytest.approx(lr), wd) for n in neck_norms)
+
+
+# ------------------------------------------------------------------ pretraining
+@pytest.mark.parametrize("method", ["mae", "droppos", "part"])
+def test_pretraining_groups_follow_maes_and_dropposs_optimizer(tmp_path, method):
+    """Pretraining (every method): biases and 1-D parameters undecayed, everything else
+    decayed, [CLS] and mask tokens included; frozen sin-cos tables left out; one lr."""
+    from benchmarks.run import make_plan
+    from engine.pretrain import PretrainModel
+    from methods import build_method
+
+    plan = make_plan(method, "cifar100")
+    schedule = dataclasses.replace(plan.pretrain, base_lr=LR, lr_reference_batch=None,
+                                   weight_decay=WD)
+    model = PretrainModel(build_method(method, encoder=plan.encoder.as_kwargs(),
+                                       **plan.method.config))
+    runner = build_runner(model, tmp_path / method, list(range(8)), schedule=schedule,
+                          batch_per_process=4, loader=plan.loader, param_rule="mae")
+    got = _per_param(model, _built(runner))
+    assert all(lr == LR for lr, _ in got.values())
+    for name, (_, wd) in got.items():
+        p = dict(model.named_parameters())[name]
+        exempt = p.ndim == 1 or name.endswith(".bias")
+        assert wd == (0.0 if exempt else WD), name
+    assert got["method.encoder.cls_token"][1] == WD
+    if method == "mae":
+        assert got["method.mask_token"][1] == WD
+        assert "method.encoder.pos_embed" not in got                  # fixed sin-cos: frozen
+    if method == "droppos":
+        assert got["method.mask_pos_token"][1] == WD
