@@ -39,7 +39,7 @@ def gather_pairs(tokens: torch.Tensor, pairs: torch.Tensor) -> tuple[torch.Tenso
 
 
 class CrossAttentionRelativeHead(nn.Module):
-    def __init__(self, dim: int, out_dim: int = 2, num_heads: int = 1, **_ignored):
+    def __init__(self, dim: int, out_dim: int = 2, num_heads: int = 1):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
@@ -97,7 +97,7 @@ class CrossAttentionRelativeHead(nn.Module):
 class MLPRelativeHead(nn.Module):
     """All patches in, all N*N pair predictions out (Table 5's "MLP")."""
 
-    def __init__(self, dim: int, out_dim: int = 2, num_tokens: int = 64, **_ignored):
+    def __init__(self, dim: int, out_dim: int = 2, num_tokens: int = 64):
         super().__init__()
         self.num_tokens, self.out_dim = num_tokens, out_dim
         self.fc = nn.Linear(num_tokens * dim, num_tokens * num_tokens * out_dim)
@@ -114,7 +114,7 @@ class MLPRelativeHead(nn.Module):
 class PairwiseMLPHead(nn.Module):
     """Only the two patches of a pair in (Table 5's "pairwise MLP")."""
 
-    def __init__(self, dim: int, out_dim: int = 2, **_ignored):
+    def __init__(self, dim: int, out_dim: int = 2):
         super().__init__()
         self.fc = nn.Linear(2 * dim, out_dim)
 
@@ -134,5 +134,7 @@ def build_relative_head(name: str, dim: int, out_dim: int, num_tokens: int,
                         num_heads: int = 1) -> nn.Module:
     if name not in RELATIVE_HEADS:
         raise ValueError(f"unknown relative head {name!r}; expected one of {sorted(RELATIVE_HEADS)}")
-    return RELATIVE_HEADS[name](dim=dim, out_dim=out_dim, num_tokens=num_tokens,
-                                num_heads=num_heads)
+    # each head takes what it uses: the MLP sees all N tokens at once, cross-attention has heads
+    extra = {"mlp": dict(num_tokens=num_tokens),
+             "cross_attention": dict(num_heads=num_heads)}.get(name, {})
+    return RELATIVE_HEADS[name](dim=dim, out_dim=out_dim, **extra)
