@@ -14,12 +14,7 @@ from tasks.classifier import ClassifierModel
 ENC_1D = dict(arch="vit_micro", img_size=1000, patch_size=50, in_chans=2, modality="1d")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def chirps(b: int, generator=None, length: int = 1000) -> torch.Tensor:
@@ -106,6 +101,7 @@ def test_eeg_task_runs_end_to_end_on_generated_records(tmp_path):
 
 
 def test_a_2d_only_variant_on_the_eeg_task_is_one_clear_error():
-    plan = make_plan("part-aspect-scale", "eeg")
-    with pytest.raises(ValueError, match="scale_aspect sampling is defined for 2D images only"):
-        build_method(plan.method.name, encoder=plan.encoder.as_kwargs(), **plan.method.config)
+    from engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="scale_aspect sampling is defined for 2D images only"):
+        make_plan("part-aspect-scale", "eeg")

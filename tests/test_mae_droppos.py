@@ -20,13 +20,7 @@ DEC = dict(decoder_dim=64, decoder_depth=1, decoder_heads=4)
 N = 64  # 8 x 8 grid
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The test machine is small and shared: one intra-op thread avoids contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def pixel_mask(mask: torch.Tensor, grid: int = 8, patch: int = 4) -> torch.Tensor:
