@@ -5,6 +5,7 @@
     python -m benchmarks.run --method part --task imagenet --preset paper --data-root /data/imagenet
     python -m benchmarks.run --method part --task cifar100 --cfg-options methods.part.num_pairs=512
     python -m benchmarks.run --method part --task coco --preset paper --world-size 8 --dry-run
+    python -m benchmarks.run --method part --task cifar100 --protocol knn   # frozen encoder
 
 The run is resolved first into one plan (engine/plan.py); ``--dry-run`` prints it
 (every value and where it came from, batches, lr, iterations, checkpoint key, record
@@ -16,6 +17,7 @@ is reused when everything that changes its weights is the same, data included.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -33,9 +35,24 @@ def default_cache() -> Path:
 def parse_args(argv=None):
     from mmengine.config import DictAction
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--method", required=True, help="a registered method, e.g. part, part-grid")
-    p.add_argument("--task", required=True, help="cifar100, imagenet, pretext, coco")
+    class OneLineParser(argparse.ArgumentParser):
+        def error(self, message):  # one line, as every other bad input (no usage block)
+            self.exit(2, f"error: {' '.join(message.split())} (see --help)\n")
+
+    class CfgOptions(DictAction):
+        def __call__(self, parser, namespace, values, option_string=None):
+            for kv in values:
+                if "=" not in kv or not kv.split("=", 1)[0].strip():
+                    parser.error(f"--cfg-options {kv}: expected KEY=VALUE, e.g. "
+                                 f"methods.part.num_pairs=512")
+            super().__call__(parser, namespace, values, option_string)
+
+    p = OneLineParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    explaining = "--explain" in (sys.argv[1:] if argv is None else argv)
+    p.add_argument("--method", required=not explaining, help="a registered method, e.g. part, part-grid")
+    p.add_argument("--task", required=not explaining, help="cifar100, imagenet, pretext, coco")
+    p.add_argument("--explain", metavar="RECORD", default=None,
+                   help="print the command (and commit) that reproduces a record, and exit")
     p.add_argument("--preset", default="tiny", help="tiny (default), paper, or a preset file")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", default=os.environ.get("PART_BENCH_DATA"),
@@ -43,9 +60,12 @@ def parse_args(argv=None):
     p.add_argument("--out", default=None, help="record folder (default results/<preset>/runs)")
     p.add_argument("--cache", default=None, help="checkpoints and generated data "
                    "(default $PART_BENCH_CACHE or ./cache)")
-    p.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
+    p.add_argument("--cfg-options", nargs="+", action=CfgOptions, default={},
                    help="override plan values: methods.<method>.<key>=V or "
                         "tasks.<task>.<section>.<key>=V, e.g. methods.part.num_pairs=512")
+    p.add_argument("--protocol", choices=("finetune", "linear", "knn"), default=None,
+                   help="classification tasks: finetune (default), linear probe or kNN on the "
+                        "frozen encoder (= --cfg-options tasks.<task>.protocol.name=...)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved plan and exit: trains nothing, writes nothing")
     p.add_argument("--world-size", type=int, default=None,
@@ -60,7 +80,18 @@ def main(argv=None) -> int:
     from engine.cli import configure_logging, report_user_error, user_errors
 
     configure_logging()
+    from engine.resume import Preempted
+    from engine.runner import export_slurm_ranks
+
+    export_slurm_ranks()  # under srun: the world size and rank the plan divides batches by
+
     try:
+        if args.explain:
+            print(explain(args.explain))
+            return 0
+        if args.protocol is not None:
+            args.cfg_options = with_protocol(args.task, args.protocol, args.cfg_options,
+                                             args.preset)
         if args.dry_run:
             info = dry_run(args.method, args.task, preset=args.preset, seed=args.seed,
                            data_root=args.data_root, out=args.out, cache=args.cache,
@@ -84,11 +115,92 @@ def main(argv=None) -> int:
         print("interrupted: rerun the same command to resume from the last checkpoint",
               file=sys.stderr)
         return 130
+    except Preempted as exc:  # SIGTERM: a checkpoint of this very step is saved
+        print(f"preempted: {exc}", file=sys.stderr)
+        return 143
+    except OSError as exc:
+        import errno
+
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or args.debug:
+            raise
+        print(f"error: disk full ({exc.strerror}) writing {exc.filename or 'a file'}; the previous "
+              f"checkpoints and records are intact: free space and rerun the same command",
+              file=sys.stderr)
+        return 1
     from mmengine.dist import is_main_process
 
     if is_main_process():
         print_metrics(record)
     return 0
+
+
+def with_protocol(task: str, protocol: str, cfg_options: dict | None, preset: str = "tiny") -> dict:
+    """``--protocol P``: the command-line option ``tasks.<task>.protocol.name=P`` where P
+    is not already the preset's protocol (finetune unless the preset says otherwise), so
+    a frozen protocol's record is a variant (``part[protocol.name=knn]__...``) beside the
+    finetuning cell, and ``--protocol finetune`` is that cell. A task without protocols
+    is one ConfigError line."""
+    from engine.config import load_preset
+    from engine.errors import ConfigError
+    from tasks import TASKS
+
+    if task in TASKS and "protocol" not in TASKS[task].sections:
+        with_it = sorted(n for n, t in TASKS.items() if "protocol" in t.sections)
+        raise ConfigError(f"task {task} has no --protocol (it has its own evaluation); "
+                          f"--protocol is for: {', '.join(with_it)}")
+    own = ((load_preset(preset).get("tasks", {}).get(task) or {}).get("protocol") or {})
+    if protocol == own.get("name", "finetune"):
+        return dict(cfg_options or {})
+    return {**(cfg_options or {}), f"tasks.{task}.protocol.name": protocol}
+
+
+def explain(record_file) -> str:
+    """The command (and commit) that reproduces a record, checked by resolving its plan."""
+    import shlex
+
+    from engine.errors import ConfigError
+    from engine.plan import plan_to_dict, stable_hash
+
+    try:
+        rec = json.loads(Path(record_file).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read record {record_file}: {exc}") from exc
+    inv = rec.get("invocation")
+    if not inv:
+        raise ConfigError(f"record {record_file} has no invocation (written by an older version)")
+    options = dict(inv.get("cfg_options") or {})
+    for key, value in (inv.get("row") or {}).items():  # a table row's overrides
+        section, _, rest = key.partition(".")
+        options[f"methods.{inv['method']}.{rest}" if section == "method"
+                else f"tasks.{inv['task']}.{key}"] = value
+    cmd = ["python", "-m", "benchmarks.run", "--method", inv["method"], "--task", inv["task"],
+           "--preset", inv["preset"], "--seed", str(inv["seed"])]
+    if inv.get("data_root"):
+        cmd += ["--data-root", str(inv["data_root"])]
+    if options:
+        cmd += ["--cfg-options", *(f"{k}={_cli_value(v)}" for k, v in options.items())]
+    git = rec.get("git") or {}
+    lines = [f"# record {record_file}: status {rec.get('status', 'ok')}, plan {rec.get('plan_hash')}"]
+    if git.get("commit"):
+        dirty = (f" (the tree was dirty: diff sha1 {git.get('diff_sha1')}; those changes are not "
+                 f"in the commit)" if git.get("dirty") else "")
+        lines.append(f"git checkout {git['commit']}{dirty}")
+    lines.append(" ".join(shlex.quote(c) for c in cmd))
+    try:
+        plan = make_plan(inv["method"], inv["task"], preset=inv["preset"], seed=inv["seed"],
+                         data_root=inv.get("data_root"), cfg_options=options)
+        same = stable_hash(plan_to_dict(plan)) == rec.get("plan_hash")
+        lines.append("# this command resolves to the record's plan" if same else
+                     "# warning: at this commit the command resolves to another plan than the record's")
+    except Exception as exc:  # noqa: BLE001 - an explanation still prints the command
+        lines.append(f"# warning: the command does not resolve at this commit: {exc}")
+    return "\n".join(lines)
+
+
+def _cli_value(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_cli_value(x) for x in v) + "]"
+    return str(v)
 
 
 def print_metrics(record: dict) -> None:
@@ -98,6 +210,8 @@ def print_metrics(record: dict) -> None:
     for k, v in record["metrics"].items():
         if isinstance(v, float):
             print(f"  {k:>20s}: {v:.4f}")
+    for w in record.get("warnings") or ():
+        print(f"  WARNING: {w}")
     print(f"  record: {record['path']}")
 
 
@@ -191,9 +305,10 @@ def describe_plan(plan, cache_root: Path, out=None) -> dict:
             continue
         per = sched.batch_per_process(plan.world_size)
         ipe = iters_per_epoch(n, per, plan.world_size, n >= per, sched.repeated_aug)
-        iterations[phase] = dict(num_images=n, count=how, per_epoch=ipe, epochs=sched.epochs,
-                                 total=ipe * sched.epochs,
-                                 optimizer_steps=ipe * sched.epochs // sched.grad_accum)
+        epochs = sched.epochs_for(ipe)  # raised to the schedule's min_steps, if it has one
+        iterations[phase] = dict(num_images=n, count=how, per_epoch=ipe, epochs=epochs,
+                                 total=ipe * epochs,
+                                 optimizer_steps=ipe * epochs // sched.grad_accum)
     info["iterations"] = iterations
 
     data = data_identities(plan)
@@ -259,6 +374,7 @@ def run_cell(method: str, task: str, *, preset: str = "tiny", seed: int = 0, dat
     from mmengine.dist import barrier, is_main_process
     from mmengine.runner import set_random_seed
 
+    from engine.locks import file_lock
     from engine.records import build_record, record_path, write_record
     from tasks import build_task
 
@@ -270,29 +386,119 @@ def run_cell(method: str, task: str, *, preset: str = "tiny", seed: int = 0, dat
     task_obj.prepare_data(log)  # embedded data generated / data preprocessed, once
     task_obj.check_data()  # fail on bad data before any pretraining
 
-    t0 = time.time()
-    pretrained = ensure_checkpoint(plan, task_obj, cache_root, log)
-    t_pre = time.time() - t0
-
     path = record_path(out, plan)
     data = data_identities(plan)
     work_dir = work_dir_of(plan, path, data, cache_root)
-    resuming = (work_dir / "last_checkpoint").exists()
-    log(f"[run] {'resuming' if resuming else 'starting'} {plan.task} in {work_dir}")
-    set_random_seed(plan.seed)  # the task's model (heads, fresh position embeddings) follows --seed
-    t0 = time.time()
-    metrics = task_obj.run(pretrained=pretrained, work_dir=work_dir, log=log)
-    t_task = time.time() - t0
-    record = build_record(plan, metrics, pretrained,
-                          dict(total=time.time() - started, pretrain=t_pre, task=t_task), data)
-    if is_main_process():  # under torchrun every rank has the gathered metrics; one writes
-        write_record(record, path)
-        # The record is written: the finetune state is spent (a rerun trains afresh).
-        for spent in [*work_dir.glob("*.pth"), work_dir / "last_checkpoint"]:
-            spent.unlink(missing_ok=True)
-    barrier()
+    invocation = dict(method=method, task=task, preset=preset, seed=seed, data_root=data_root,
+                      cfg_options=dict(cfg_options or {}), row=dict(row or {}))
+    # One process per cell: a second run of the same cell waits, then finds the record.
+    lock = (file_lock(work_dir.parent / f"{work_dir.name}.lock", f"cell {path.name}", log=log)
+            if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext())
+    with lock:
+        done = _finished_since(path, started)
+        if done is not None:
+            log(f"[run] another process finished this cell meanwhile: {path}")
+            return done
+        phase, pretrained, wall = "pretrain", None, dict(pretrain=0.0, task=0.0)
+        try:
+            t0 = time.time()
+            pretrained = ensure_checkpoint(plan, task_obj, cache_root, log)
+            wall["pretrain"] = time.time() - t0
+
+            phase = "task"
+            resuming = (work_dir / "last_checkpoint").exists()
+            log(f"[run] {'resuming' if resuming else 'starting'} {plan.task} in {work_dir}")
+            set_random_seed(plan.seed)  # the task's model (heads, fresh position embeddings) follows --seed
+            t0 = time.time()
+            metrics = task_obj.run(pretrained=pretrained, work_dir=work_dir, log=log)
+            wall["task"] = time.time() - t0
+        except run_failures() as exc:
+            wall["total"] = time.time() - started
+            _record_failure(plan, exc, phase, pretrained, wall, data, path, work_dir, invocation, log)
+            raise
+        wall["total"] = time.time() - started
+        from engine.throughput import record_phases
+
+        record = build_record(plan, metrics, pretrained, wall, data,
+                              resumes=_resumes(pretrained, work_dir), invocation=invocation,
+                              throughput=record_phases(pretrained, work_dir))
+        if is_main_process():  # under torchrun every rank has the gathered metrics; one writes
+            write_record(record, path)
+            # The record is written: the finetune state is spent (a rerun trains afresh).
+            for spent in [*work_dir.glob("*.pth"), work_dir / "last_checkpoint",
+                          work_dir / "resumes.json", work_dir / "throughput.json"]:
+                spent.unlink(missing_ok=True)
+        barrier()
     record["path"] = str(path)
     return record
+
+
+def run_failures() -> tuple[type[BaseException], ...]:
+    """What ends a run with a failed record: divergence, a data error, out of memory.
+    (Bad input stops before anything runs; a kill or SIGTERM is resumed, not failed.)"""
+    import torch
+
+    from engine.errors import DataError, TrainingError
+
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return (TrainingError, DataError, oom, MemoryError)
+
+
+def _resumes(pretrained, work_dir: Path) -> dict:
+    from engine.resume import read_resumes
+
+    return {"pretrain": read_resumes(Path(pretrained) / "work") if pretrained else [],
+            "task": read_resumes(work_dir)}
+
+
+def _current_step():
+    """The iteration (1-based) the latest Runner was at, or None before any."""
+    from mmengine.logging import MessageHub
+
+    it = MessageHub.get_current_instance().get_info("iter")
+    return None if it is None else int(it) + 1
+
+
+def _record_failure(plan, exc, phase, pretrained, wall, data, path: Path, work_dir, invocation,
+                    log) -> None:
+    """A failed record in place of the cell's (never over an ok one)."""
+    from mmengine.dist import is_main_process
+
+    from engine.records import build_record, write_record
+
+    if not is_main_process():
+        return
+    failure = dict(phase=phase, step=_current_step(), error=type(exc).__name__,
+                   reason=" ".join(str(exc).split()))
+    if _status(path) == "ok":
+        log(f"[run] failed ({failure['reason']}); the existing ok record {path} is kept")
+        return
+    record = build_record(plan, {}, pretrained, wall, data, failure=failure,
+                          resumes=_resumes(pretrained, work_dir), invocation=invocation)
+    write_record(record, path)
+    log(f"[run] failed in {phase} at step {failure['step']}: recorded in {path}")
+
+
+def _status(path: Path) -> str | None:
+    try:
+        return json.loads(Path(path).read_text()).get("status", "ok")
+    except (OSError, ValueError):
+        return None
+
+
+def _finished_since(path: Path, started: float) -> dict | None:
+    """The cell's ok record if another process wrote it after ``started``."""
+    import datetime as dt
+
+    try:
+        rec = json.loads(Path(path).read_text())
+        finished = dt.datetime.fromisoformat(rec["finished"]).timestamp()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if rec.get("status", "ok") != "ok" or finished < started:
+        return None
+    rec["path"] = str(path)
+    return rec
 
 
 if __name__ == "__main__":

@@ -8,6 +8,17 @@ record written by :func:`benchmarks.run.run_cell`; the command runs the cells th
 have no record yet (a pretrained checkpoint is shared by every task of a row), then
 renders ``results/<preset>/<table>.{csv,md}`` with mean ± std over seeds and the
 paper's numbers (``results/paper/<table>.csv``) in their own columns.
+
+With more than one seed a cell shows ``mean ± std [95% t-interval of the mean]``
+(:func:`benchmarks.stats.format_mean_ci`; std with ddof = 1). A table with a
+``reference`` row marks a row's cell with ``*`` only when the paired difference to the
+reference over the seeds both rows have (:func:`benchmarks.stats.paired_difference`)
+has a 95% interval that excludes 0; the differences are listed under the table. A
+column may name a ``protocol`` (``knn``, ``linear``; default: the task's, finetuning):
+its cells are runs with ``protocol.name`` set, records apart from the finetuning cells.
+A cell whose record carries a warning for the column (a training loss at the class
+prior, an accuracy within noise of the majority class; see ``tasks/protocols.py``) is
+marked ``⚠`` and its warnings are listed under the table.
 """
 from __future__ import annotations
 
@@ -48,6 +59,21 @@ class Column:
     paper: str                      # column name in results/paper/<table>.csv
     from_plan: bool = False         # e.g. "pretrain.epochs": what the run was given (None -> 0)
     digits: int = 2                 # decimals shown in the Markdown
+    protocol: str | None = None     # knn | linear: the task's evaluation protocol (None: finetune)
+
+    def overrides(self) -> dict:
+        """The plan values this column's runs add to the row's ("protocol.name")."""
+        if self.protocol in (None, "finetune"):
+            return {}
+        return {"protocol.name": self.protocol}
+
+    def warnings(self, record: dict) -> list[str]:
+        """The record's warnings that concern this column: those about its metric
+        (``"<metric>: ..."``) and those about training (``"training: ..."``)."""
+        if self.from_plan:
+            return []
+        return [w for w in record.get("warnings") or ()
+                if w.startswith(f"{self.metric}:") or w.startswith("training:")]
 
     def value(self, record: dict):
         if not self.from_plan:
@@ -68,6 +94,7 @@ class Table:
     plot: str | None = None         # "pairs": accuracy vs num_pairs line plot
     note: str = ""
     preset_notes: dict = field(default_factory=dict)  # appended for that preset
+    reference: str | None = None    # a row label: other rows' paired differences to it
 
     def rows_for(self, preset: str) -> tuple:
         return tuple(r for r in self.rows if r.in_preset(preset))
@@ -204,63 +231,132 @@ def available(task: str) -> bool:
     return task in TASKS
 
 
+def cell_tasks(table: Table) -> list[tuple[str, str | None]]:
+    """The (task, protocol) runs a row of the table needs, in column order."""
+    out = []
+    for col in table.columns:
+        key = (col.task, col.protocol if col.overrides() else None)
+        if key not in out and available(col.task):
+            out.append(key)
+    return out
+
+
+def cell_overrides(row: Row, protocol: str | None, preset: str) -> dict:
+    return {**row.plan_overrides(preset), **({"protocol.name": protocol} if protocol else {})}
+
+
 def cell_runs(table: Table, seeds: int, preset: str):
+    """(row, task, protocol, seed) of every run the table needs."""
     for row in table.rows_for(preset):
         if row.method is None:
             continue
-        tasks = []
-        for col in table.columns:
-            if col.task not in tasks and available(col.task):
-                tasks.append(col.task)
         for seed in range(seeds):
-            for task in tasks:
-                yield row, task, seed
+            for task, protocol in cell_tasks(table):
+                yield row, task, protocol, seed
+
+
+def cell_stats(values: dict, reference: dict | None) -> dict:
+    """Summary of one cell: ``values`` {seed: value}; ``reference`` the reference row's
+    {seed: value} of the same column (None: no comparison)."""
+    import math
+
+    from benchmarks.stats import mean_ci, paired_difference
+
+    out = {"mean": math.nan, "std": math.nan, "ci95": math.nan, "n": len(values),
+           "diff": math.nan, "diff_low": math.nan, "diff_high": math.nan, "significant": False}
+    if values:
+        out["mean"], out["std"], out["ci95"] = mean_ci(list(values.values()))
+    if reference is not None:
+        shared = sorted(set(values) & set(reference))
+        if shared:
+            d = paired_difference([values[s] for s in shared], [reference[s] for s in shared])
+            out.update(diff=d["mean_diff"], diff_low=d["ci_low"], diff_high=d["ci_high"],
+                       significant=d["significant"], n_paired=len(shared))
+    return out
 
 
 def fill(name: str, preset: str, seeds: int, run: bool, data_root=None, cache=None,
-         out_root: Path | None = None) -> Path:
+         out_root: Path | None = None, table: Table | None = None) -> Path:
     import pandas as pd
 
-    from benchmarks.run import cell_record_path, run_cell
+    from benchmarks.run import cell_record_path, run_cell, run_failures
     from engine.records import read_records, results_dir
 
-    table = TABLES[name]
+    table = table or TABLES[name]
     if out_root is None:
         out_root = results_dir(preset, data_root)  # a user's data root's tables sit apart
     out_root = Path(out_root)
     runs_dir = out_root / "runs"
-    for row, task, seed in cell_runs(table, seeds, preset):
-        path = cell_record_path(row.method, task, preset=preset, seed=seed, data_root=data_root,
-                                row=row.plan_overrides(preset), out=runs_dir)
-        if path.exists() or not run:
-            continue
-        print(f"[{name}] {row.label} / {task} / seed {seed}", flush=True)
-        run_cell(row.method, task, preset=preset, seed=seed, data_root=data_root, cache=cache,
-                 out=runs_dir, row=row.plan_overrides(preset))
+    paths: dict = {}  # (row label, task, protocol, seed) -> record path (resolving plans is slow)
+
+    def record_path(row: Row, task: str, protocol: str | None, seed: int) -> Path:
+        key = (row.label, task, protocol, seed)
+        if key not in paths:
+            paths[key] = cell_record_path(row.method, task, preset=preset, seed=seed,
+                                          data_root=data_root, out=runs_dir,
+                                          row=cell_overrides(row, protocol, preset))
+        return paths[key]
+
+    for row, task, protocol, seed in cell_runs(table, seeds, preset):
+        overrides = cell_overrides(row, protocol, preset)
+        path = record_path(row, task, protocol, seed)
+        if (path.exists() and _ok(path)) or not run:
+            continue  # a failed cell is run again
+        print(f"[{name}] {row.label} / {task}{f' ({protocol})' if protocol else ''} / seed {seed}",
+              flush=True)
+        try:
+            run_cell(row.method, task, preset=preset, seed=seed, data_root=data_root, cache=cache,
+                     out=runs_dir, row=overrides)
+        except run_failures() as exc:  # recorded as failed; the other cells still run
+            print(f"[{name}] failed: {' '.join(str(exc).split())}", flush=True)
 
     records = {Path(r["path"]).name: r for r in read_records(runs_dir)} if runs_dir.exists() else {}
     # read as text: the paper's numbers keep the precision they were printed with
     paper_csv = PAPER / f"{name}.csv"
     paper = pd.read_csv(paper_csv, dtype=str).set_index("row") if paper_csv.exists() else None
+
+    failed: dict = {}  # (row, column): failed runs (records with status "failed")
+
+    def cell(row: Row, col: Column) -> tuple[dict, list[str]]:
+        """{seed: value} and "seed s: warning" lines of one cell."""
+        values, warned = {}, []
+        if row.method is None or not available(col.task):
+            return values, warned
+        protocol = col.protocol if col.overrides() else None
+        for seed in range(seeds):
+            rec = records.get(record_path(row, col.task, protocol, seed).name)
+            if rec is not None and rec.get("status", "ok") != "ok":  # no metrics: "failed"
+                failed[(row.label, col.label)] = failed.get((row.label, col.label), 0) + 1
+                rec = None
+            value = col.value(rec) if rec is not None else None
+            if value is not None:
+                values[seed] = float(value)
+                warned += [f"seed {seed}: {w}" for w in col.warnings(rec)]
+        return values, warned
+
+    rows = table.rows_for(preset)
+    cells = {(row.label, col.label): cell(row, col) for row in rows for col in table.columns}
+    ref_row = next((r for r in rows if r.label == table.reference), None)
     lines = []
-    for row in table.rows_for(preset):
+    for row in rows:
         entry = {"row": row.label}
         paper_label = row.paper_label or row.label
         for col in table.columns:
-            values = []
-            if row.method is not None and available(col.task):
-                for seed in range(seeds):
-                    path = cell_record_path(row.method, col.task, preset=preset, seed=seed,
-                                            data_root=data_root, row=row.plan_overrides(preset),
-                                            out=runs_dir)
-                    rec = records.get(path.name)
-                    value = col.value(rec) if rec is not None else None
-                    if value is not None:
-                        values.append(float(value))
-            s = pd.Series(values, dtype=float)
-            entry[f"{col.label} (ours)"] = s.mean() if len(s) else float("nan")
-            entry[f"{col.label} (ours, std)"] = s.std(ddof=0) if len(s) > 1 else float("nan")
-            entry[f"{col.label} (ours, n)"] = len(s)
+            values, warned = cells[(row.label, col.label)]
+            ref = (cells[(ref_row.label, col.label)][0]
+                   if ref_row is not None and row is not ref_row else None)
+            st = cell_stats(values, ref)
+            entry[f"{col.label} (ours)"] = st["mean"]
+            entry[f"{col.label} (ours, std)"] = st["std"]
+            entry[f"{col.label} (ours, n)"] = st["n"]
+            entry[f"{col.label} (ours, ci95)"] = st["ci95"]
+            if ref_row is not None:
+                entry[f"{col.label} (ours, diff to reference)"] = st["diff"]
+                entry[f"{col.label} (ours, diff ci low)"] = st["diff_low"]
+                entry[f"{col.label} (ours, diff ci high)"] = st["diff_high"]
+                entry[f"{col.label} (ours, significant)"] = st["significant"]
+            entry[f"{col.label} (ours, warnings)"] = " | ".join(warned)
+            entry[f"{col.label} (ours, failed)"] = failed.get((row.label, col.label), 0)
             if col.paper:
                 has = paper is not None and paper_label in paper.index and col.paper in paper.columns
                 value = paper.loc[paper_label, col.paper] if has else None
@@ -279,28 +375,48 @@ def fill(name: str, preset: str, seeds: int, run: bool, data_root=None, cache=No
     return csv_path
 
 
+def _ok(path: Path) -> bool:
+    import json
+
+    try:
+        return json.loads(path.read_text()).get("status", "ok") == "ok"
+    except (OSError, ValueError):
+        return False
+
+
 def dry_run_table(name: str, preset: str, seeds: int, data_root=None, cache=None,
-                  world_size=None) -> None:
+                  world_size=None, table: Table | None = None) -> None:
     """Print the plan of every cell of a table (``make tableN DRY_RUN=1``)."""
     from benchmarks.run import dry_run
     from engine.plan import format_plan
     from engine.records import results_dir
 
-    table = TABLES[name]
-    for row, task, seed in cell_runs(table, seeds, preset):
-        print(f"\n[{name}] {row.label} / {task} / seed {seed}")
+    table = TABLES[name] if table is None else table
+    for row, task, protocol, seed in cell_runs(table, seeds, preset):
+        print(f"\n[{name}] {row.label} / {task}{f' ({protocol})' if protocol else ''} / seed {seed}")
         print(format_plan(dry_run(row.method, task, preset=preset, seed=seed, data_root=data_root,
-                                  cache=cache, row=row.plan_overrides(preset),
+                                  cache=cache, row=cell_overrides(row, protocol, preset),
                                   world_size=world_size,
                                   out=results_dir(preset) / "runs")))
 
 
-def _fmt(mean, std, n, digits: int = 2):
+def _fmt(mean, std, n, digits: int = 2, ci95=float("nan")):
+    """``mean`` (one seed), else ``mean ± std [low, high]`` as
+    :func:`benchmarks.stats.format_mean_ci` writes it (``mean ± std`` without a half width)."""
     import math
 
     if n == 0 or (isinstance(mean, float) and math.isnan(mean)):
         return "—"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
+    if n == 1:
+        return f"{mean:.{digits}f}"
+    text = f"{mean:.{digits}f} ± {std:.{digits}f}"
+    if not (isinstance(ci95, float) and math.isnan(ci95)):
+        text += f" [{mean - ci95:.{digits}f}, {mean + ci95:.{digits}f}]"
+    return text
+
+
+def _get(r, key, default=float("nan")):
+    return r[key] if key in r.index else default
 
 
 def render_markdown(table: Table, df, preset: str, seeds: int) -> str:
@@ -311,22 +427,48 @@ def render_markdown(table: Table, df, preset: str, seeds: int) -> str:
         header.append(f"{col.label} (ours)")
         if col.paper:
             header.append(f"{col.label} (paper)")
+    spread = ("mean ± std [95% t-interval of the mean] over seeds" if seeds > 1 else
+              "one seed")
     out = [f"# {table.title}", "",
-           f"Measured: preset `{preset}`, {seeds} seed(s), mean ± std over seeds. "
+           f"Measured: preset `{preset}`, {seeds} seed(s), {spread}. "
            f"Paper: the numbers the paper reports.", "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    warned, diffs = [], []
     for _, r in df.iterrows():
         cells = [r["row"]]
         for col in table.columns:
             if isinstance(r.get("status"), str):
                 cells.append(r["status"])
             else:
-                cells.append(_fmt(r[f"{col.label} (ours)"], r[f"{col.label} (ours, std)"],
-                                  int(r[f"{col.label} (ours, n)"]), col.digits))
+                text = _fmt(r[f"{col.label} (ours)"], _get(r, f"{col.label} (ours, std)"),
+                            int(r[f"{col.label} (ours, n)"]), col.digits,
+                            _get(r, f"{col.label} (ours, ci95)"))
+                n_failed = int(_get(r, f"{col.label} (ours, failed)", 0) or 0)
+                if n_failed:
+                    text = "failed" if text == "—" else f"{text} ({n_failed} failed)"
+                if bool(_get(r, f"{col.label} (ours, significant)", False)):
+                    text += " *"
+                low = _get(r, f"{col.label} (ours, diff ci low)")
+                if not (isinstance(low, float) and math.isnan(low)):
+                    diffs.append(f"{r['row']}, {col.label}: "
+                                 f"{r[f'{col.label} (ours, diff to reference)']:+.{col.digits}f} "
+                                 f"[{low:+.{col.digits}f}, "
+                                 f"{r[f'{col.label} (ours, diff ci high)']:+.{col.digits}f}]")
+                w = _get(r, f"{col.label} (ours, warnings)", "")
+                if isinstance(w, str) and w:
+                    text += " ⚠"
+                    warned += [f"- ⚠ {r['row']}, {col.label}, {line}" for line in w.split(" | ")]
+                cells.append(text)
             if col.paper:
                 p = r[f"{col.label} (paper)"]
                 cells.append("—" if isinstance(p, float) and math.isnan(p) else f"{p}")
         out.append("| " + " | ".join(str(c) for c in cells) + " |")
+    if diffs:
+        out += ["", f"\\* : the paired difference to the reference row ({table.reference}) over the "
+                    f"seeds both rows have has a 95% t-interval that excludes 0. Differences "
+                    f"(row - reference) [95% interval]: " + "; ".join(diffs) + "."]
+    if warned:
+        out += ["", "⚠ : a run of this cell warned that its number may not mean anything:", *warned]
     note = table.note_for(preset)
     if note:
         out += ["", note]

@@ -13,6 +13,7 @@ Both are written atomically (temporary file + rename), by the main process only.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -20,8 +21,10 @@ from mmengine.dist import is_main_process, barrier
 
 from methods import build_method
 
-from .atomic import atomic_torch_save
+from .atomic import atomic_torch_save, atomic_write_json
+from .locks import file_lock
 from .runner import SuiteModel, build_runner, trust_suite_checkpoints
+from .throughput import read_throughput
 
 __all__ = ["PretrainModel", "pretrain_key", "pretrain_identity", "pretrained_folder",
            "is_pretrained", "ensure_pretrained", "atomic_torch_save", "load_method"]
@@ -101,6 +104,18 @@ def ensure_pretrained(plan, dataset, data_id: dict, cache_root: Path, log=print)
     if is_pretrained(folder):
         log(f"[pretrain] reusing cached checkpoint {folder}")
         return folder
+    if int(os.environ.get("RANK", "0")) != 0:  # the job's rank 0 holds the lock; others follow
+        return _pretrain(plan, dataset, data_id, folder, log)
+    # One process per pretraining: a second run of the same key (another cell, another
+    # user) waits here, then reuses what the first one wrote.
+    with file_lock(folder.parent / f"{folder.name}.lock", f"pretraining {folder.name}", log=log):
+        if is_pretrained(folder):
+            log(f"[pretrain] reusing cached checkpoint {folder} (written by the lock's previous owner)")
+            return folder
+        return _pretrain(plan, dataset, data_id, folder, log)
+
+
+def _pretrain(plan, dataset, data_id: dict, folder: Path, log=print) -> Path:
     pre = plan.pretrain
     log(f"[pretrain] {plan.method.name}: {pre.epochs} epochs on {len(dataset)} images, global "
         f"batch {pre.global_batch_size} ({plan.pretrain_batch()} per process), lr {pre.lr:g} "
@@ -115,6 +130,10 @@ def ensure_pretrained(plan, dataset, data_id: dict, cache_root: Path, log=print)
         meta = dict(method=plan.method.name, method_cfg=plan.method.config,
                     identity=pretrain_identity(plan, data_id), preset=plan.preset,
                     seed=plan.seed, encoder_cfg=method.encoder_cfg)
+        # the pretraining's samples/s, s/iter, memory, MFU, next to the checkpoint: a
+        # run that reuses the cache still reports them (engine.throughput)
+        meta["throughput"] = read_throughput(folder / "work").get("train")
+        atomic_write_json(folder / "throughput.json", {"train": meta["throughput"]}, indent=1)
         atomic_torch_save(dict(meta, state_dict=method.state_dict()), folder / "method.pth")
         atomic_torch_save(dict(meta, state_dict=method.encoder_state_dict()),
                           folder / "encoder.pth")

@@ -42,19 +42,35 @@ def git_commit() -> dict:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
                               timeout=10).stdout.strip()
     try:
-        return {"commit": git("rev-parse", "HEAD") or None,
-                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+        out = {"commit": git("rev-parse", "HEAD") or None,
+               "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+        if out["dirty"]:  # which uncommitted changes: the hash of the tracked files' diff
+            import hashlib
+
+            out["diff_sha1"] = hashlib.sha1(git("diff", "HEAD").encode()).hexdigest()
+        return out
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
 
 
 def hardware() -> dict:
-    info = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+    info = {"platform": platform.platform(), "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    info["gpu_count"] = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _slug(text: str) -> str:
@@ -87,17 +103,34 @@ def record_path(out, plan) -> Path:
     return folder / f"{plan.method.name}{variant}__{plan.task}{data_tag(plan)}__seed{plan.seed}.json"
 
 
-def build_record(plan, metrics, pretrained, wall, data: dict) -> dict:
-    """``data``: the identities of the task's data and of the pretraining images."""
-    from .plan import plan_to_dict
+def build_record(plan, metrics, pretrained, wall, data: dict, *, failure: dict | None = None,
+                 resumes: dict | None = None, invocation: dict | None = None,
+                 throughput: dict | None = None) -> dict:
+    """``data``: the identities of the task's data and of the pretraining images.
+    ``status`` is ``"ok"``, or ``"failed"`` with ``failure`` (phase, step, reason) and no
+    metrics: readers skip a failed record's metrics (tables show "failed").
+    ``resumes``: each phase's resumes (:func:`engine.resume.read_resumes`);
+    ``invocation``: the run's arguments (``--explain`` prints them as a command).
+    ``metrics["warnings"]`` (a task's sanity warnings, one string each, e.g. a training
+    loss still at the class-prior level) becomes the record's ``warnings`` list (empty
+    when there are none); tables mark the cells of a record that has any.
+    ``throughput``: per phase (``pretrain``, ``finetune``, ``eval``) samples/s, s/iter, peak
+    memory and MFU (:func:`engine.throughput.record_phases`); null for a phase not run."""
+    from .plan import plan_to_dict, stable_hash
 
+    metrics = dict(metrics)
+    warnings = [str(w) for w in (metrics.pop("warnings", None) or [])]
     return {
         "method": plan.method.name, "variant": plan.variant, "task": plan.task,
-        "preset": plan.preset, "seed": plan.seed, "metrics": metrics,
-        "plan": plan_to_dict(plan), "sources": plan.sources,
+        "preset": plan.preset, "seed": plan.seed,
+        "status": "failed" if failure else "ok", "failure": failure,
+        "metrics": metrics, "warnings": warnings,
+        "plan": plan_to_dict(plan), "plan_hash": stable_hash(plan_to_dict(plan)),
+        "sources": plan.sources, "invocation": invocation, "resumes": resumes or {},
         "pretrained_checkpoint": str(pretrained) if pretrained else None,
         "data": data, "data_root": plan.data.root or "embedded",
         "versions": versions(), "git": git_commit(), "hardware": hardware(),
+        "throughput": {ph: (throughput or {}).get(ph) for ph in ("pretrain", "finetune", "eval")},
         "wall_time_s": wall, "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
 

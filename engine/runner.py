@@ -3,8 +3,9 @@
 - :func:`build_runner` turns the suite's small schedule config (epochs, batch, lr,
   warmup, ...) into a Runner with AdamW, linear warmup + cosine decay per iteration,
   AMP when a GPU is present, DDP when started by ``torchrun``, a log line with ETA
-  every few iterations, a checkpoint per epoch, and automatic resume from the last
-  checkpoint in its work dir.
+  every few iterations, a checkpoint per epoch (the last two kept, written atomically),
+  a checkpoint on SIGTERM, and automatic resume from the last whole checkpoint in its
+  work dir, mid-epoch included (:mod:`engine.resume`).
 - :class:`LayerDecayOptimWrapperConstructor` gives mmengine timm's layer-wise lr decay
   parameter groups (each group's lr is the base lr times timm's ``lr_scale``; mmengine's
   schedulers then scale every group alike).
@@ -32,9 +33,12 @@ from timm.data.distributed_sampler import RepeatAugSampler
 
 from .errors import TrainingError
 from .optim import LayerDecayOptimWrapperConstructor  # registered there; re-exported
+from .resume import SuiteRunner  # registers the resumable loop and the resume hooks
+from .throughput import ThroughputHook  # registered there: samples/s, memory, MFU per phase
 
 __all__ = ["SuiteModel", "build_runner", "trust_suite_checkpoints", "LayerDecayOptimWrapperConstructor",
-           "FiniteLossHook", "TrainingProgressHook", "launcher_from_env", "use_cuda"]
+           "FiniteLossHook", "TrainingProgressHook", "launcher_from_env", "export_slurm_ranks",
+           "use_cuda"]
 
 
 _TRUSTED = False
@@ -94,9 +98,29 @@ def use_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def launcher_from_env() -> str:
-    """``pytorch`` under torchrun (WORLD_SIZE set), else a single process."""
-    return "pytorch" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "none"
+def launcher_from_env(env=None) -> str:
+    """mmengine's launcher for how this process was started: ``slurm`` for a task of an
+    ``srun`` step of several tasks (SLURM_PROCID and SLURM_STEP_NUM_TASKS set, which a
+    batch script alone does not set) that torchrun did not start (no
+    TORCHELASTIC_RUN_ID); ``pytorch`` under torchrun (WORLD_SIZE > 1); else ``none``."""
+    env = os.environ if env is None else env
+    if ("SLURM_PROCID" in env and int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1
+            and "TORCHELASTIC_RUN_ID" not in env):
+        return "slurm"
+    return "pytorch" if int(env.get("WORLD_SIZE", "1")) > 1 else "none"
+
+
+def export_slurm_ranks(env=None) -> None:
+    """Under ``srun`` (launcher ``slurm``): WORLD_SIZE, RANK and LOCAL_RANK from
+    SLURM_NTASKS, SLURM_PROCID and SLURM_LOCALID, before anything reads them (the plan's
+    per-process batch, rank-0-only writes). mmengine's slurm launcher sets the same three
+    from the same variables when the Runner starts the process group (its address:
+    the first host of SLURM_NODELIST, MASTER_PORT or 29500). Elsewhere: nothing."""
+    env = os.environ if env is None else env
+    if launcher_from_env(env) == "slurm":
+        env["WORLD_SIZE"] = env["SLURM_NTASKS"]
+        env["RANK"] = env["SLURM_PROCID"]
+        env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
 
 
 @HOOKS.register_module()
@@ -255,22 +279,25 @@ def build_runner(model, work_dir: str | Path, train_dataset, *, schedule, batch_
                                  collate_fn=dict(type=collate_fn)),
             test_evaluator=test_evaluator, test_cfg=dict())
 
-    runner = Runner(
+    runner = SuiteRunner(
         model=model,
         work_dir=str(work_dir),
         train_dataloader=train_loader,
-        train_cfg=dict(by_epoch=True, max_epochs=schedule.epochs),
+        train_cfg=dict(type="ResumableEpochBasedTrainLoop", max_epochs=schedule.epochs),
         optim_wrapper=optim_wrapper,
         param_scheduler=schedulers,
         default_hooks=dict(
             timer=dict(type="IterTimerHook"),
             logger=dict(type="LoggerHook", interval=loader.log_interval),
             param_scheduler=dict(type="ParamSchedulerHook"),
-            checkpoint=dict(type="CheckpointHook", interval=1, max_keep_ckpts=1,
+            # two kept: a truncated newest checkpoint falls back on the previous one
+            checkpoint=dict(type="CheckpointHook", interval=1, max_keep_ckpts=2,
                             save_last=True),
             sampler_seed=dict(type="DistSamplerSeedHook"),
         ),
-        custom_hooks=[dict(type="FiniteLossHook"), dict(type="TrainingProgressHook")],
+        custom_hooks=[dict(type="FiniteLossHook"), dict(type="TrainingProgressHook"),
+                      dict(type="ResumeStateHook"), dict(type="PreemptionHook"),
+                      dict(type="ThroughputHook", window=loader.log_interval)],
         launcher=launcher_from_env(),
         env_cfg=dict(cudnn_benchmark=use_cuda(), dist_cfg=dict(backend="nccl" if use_cuda() else "gloo")),
         randomness=dict(seed=seed, deterministic=False),

@@ -1,0 +1,262 @@
+"""Surviving faults: SIGKILL mid-epoch and mid-checkpoint-write, SIGTERM, failed runs,
+a full disk, two runs sharing a cache, and the provenance that reproduces a record."""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.run import explain, main, run_cell
+from engine.errors import TrainingError
+from engine.locks import file_lock
+from engine.resume import pick_resume_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+# part / cifar100: 4 pretraining iterations per epoch (2 epochs), 4 finetuning ones (3 epochs)
+OPTS = {
+    "tasks.cifar100.data.embedded.num_train": 64, "tasks.cifar100.data.embedded.num_test": 16,
+    "tasks.cifar100.pretrain.epochs": 2, "tasks.cifar100.pretrain.global_batch_size": 16,
+    "tasks.cifar100.pretrain.warmup_epochs": 0, "tasks.cifar100.finetune.epochs": 3,
+    "tasks.cifar100.finetune.global_batch_size": 16, "tasks.cifar100.loader.num_workers": 0,
+}
+CLI = ["--method", "part", "--task", "cifar100", "--cfg-options",
+       *(f"{k}={v}" for k, v in OPTS.items())]
+
+
+def _cli(tmp: Path, fault: str = "", timeout=240):
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "faults"), str(REPO)]),
+               PART_BENCH_TEST_FAULT=fault)
+    return subprocess.run([sys.executable, "-m", "benchmarks.run", "--cache", str(tmp / "cache"),
+                           "--out", str(tmp / "runs"), *CLI], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _floats(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, float)}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run (in this process: same seed, same single thread)."""
+    tmp = tmp_path_factory.mktemp("reference")
+    rec = run_cell("part", "cifar100", cache=tmp / "cache", out=tmp / "runs", cfg_options=OPTS,
+                   log=lambda *_: None)
+    encoder = torch.load(Path(rec["pretrained_checkpoint"]) / "encoder.pth", weights_only=True)
+    return rec, encoder["state_dict"]
+
+
+def _same_encoder(folder, expected):
+    got = torch.load(Path(folder) / "encoder.pth", weights_only=True)["state_dict"]
+    for k, v in expected.items():
+        assert torch.equal(got[k], v), k
+
+
+def test_sigkill_mid_epoch_and_mid_checkpoint_write_resume_to_the_same_record(tmp_path, reference):
+    ref, ref_encoder = reference
+    # 1: killed in pretraining epoch 2 (after iteration 6 of 8): epoch_1.pth is the last
+    first = _cli(tmp_path, "kill@pretrain:6")
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    # 2: resumes pretraining from epoch 1, finishes it, then is killed while writing the
+    #    finetuning's epoch_2.pth (half of it on disk, in the temporary file)
+    second = _cli(tmp_path, "killsave@finetune:epoch_2.pth")
+    assert second.returncode == -signal.SIGKILL, second.stderr[-2000:]
+    lines = [ln for ln in second.stdout.splitlines() if ln.startswith("[resume] pretrain")]
+    assert len(lines) == 1 and "epoch_1.pth (iteration 4, the start of epoch 2)" in lines[0], lines
+    (work,) = [p for p in (tmp_path / "cache" / "runs").glob("*cifar100*") if p.is_dir()]
+    assert (work / "epoch_1.pth").exists() and not (work / "epoch_2.pth").exists()
+    assert list(work.glob(".epoch_2.pth*.tmp")), "the unfinished write is a temporary file"
+    assert Path((work / "last_checkpoint").read_text().strip()).name == "epoch_1.pth"
+    # 3: resumes finetuning from epoch 1; the record equals the uninterrupted run's
+    third = _cli(tmp_path)
+    assert third.returncode == 0, third.stderr[-2000:]
+    lines = [ln for ln in third.stdout.splitlines() if ln.startswith("[resume] finetune")]
+    assert len(lines) == 1 and "epoch_1.pth (iteration 4, the start of epoch 2)" in lines[0], lines
+    rec = json.loads(Path(ref["path"].replace(str(Path(ref["path"]).parent),
+                                             str(tmp_path / "runs"))).read_text())
+    assert rec["status"] == "ok"
+    assert _floats(rec["metrics"]) == _floats(ref["metrics"])   # exactly: see README
+    _same_encoder(rec["pretrained_checkpoint"], ref_encoder)
+    assert [r["iteration"] for r in rec["resumes"]["pretrain"]] == [4]
+    assert [r["iteration"] for r in rec["resumes"]["task"]] == [4]
+    assert not list(work.glob(".*.tmp"))
+
+
+def test_sigterm_saves_this_step_and_the_rerun_resumes_mid_epoch(tmp_path, reference, capsys):
+    ref, ref_encoder = reference
+    res = _cli(tmp_path, "term@pretrain:6")
+    assert res.returncode == 143, res.stderr[-2000:]
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("preempted: SIGTERM: saved") and "after iteration 6" in lines[-1]
+    assert "Traceback" not in res.stderr
+    (work,) = (tmp_path / "cache" / "pretrain").glob("*/work")
+    assert Path((work / "last_checkpoint").read_text().strip()).name == "iter_6.pth"
+    rec = run_cell("part", "cifar100", cache=tmp_path / "cache", out=tmp_path / "runs",
+                   cfg_options=OPTS, log=print)
+    out = capsys.readouterr().out
+    assert "iter_6.pth (iteration 6, epoch 2, batch 3)" in out, out[-3000:]
+    assert _floats(rec["metrics"]) == _floats(ref["metrics"])
+    _same_encoder(rec["pretrained_checkpoint"], ref_encoder)
+    assert [r["iteration"] for r in rec["resumes"]["pretrain"]] == [6]
+
+
+def test_a_truncated_newest_checkpoint_is_named_and_the_previous_one_used(tmp_path):
+    for n in (1, 2):
+        torch.save({"meta": {"epoch": n}, "w": torch.randn(1000)}, tmp_path / f"epoch_{n}.pth")
+    os.utime(tmp_path / "epoch_1.pth", (1, 1))
+    (tmp_path / "last_checkpoint").write_text(str(tmp_path / "epoch_2.pth"))
+    data = (tmp_path / "epoch_2.pth").read_bytes()
+    (tmp_path / "epoch_2.pth").write_bytes(data[: len(data) // 2])   # a non-atomic file system
+    logs = []
+    assert pick_resume_checkpoint(tmp_path, logs.append) == tmp_path / "epoch_1.pth"
+    assert len(logs) == 1 and "epoch_2.pth is truncated or unreadable" in logs[0]
+
+
+def test_a_failed_run_writes_a_failed_record_shown_as_failed_and_a_rerun_replaces_it(
+        tmp_path, monkeypatch):
+    from benchmarks.tables import Column, Row, Table, fill
+    from methods.part import PART
+
+    def nan_forward(self, images, generator=None):
+        return {"loss": self.encoder.cls_token.sum() * float("nan")}
+
+    kw = dict(cache=tmp_path / "cache", out=tmp_path / "out" / "runs", cfg_options=OPTS,
+              log=lambda *_: None)
+    monkeypatch.setattr(PART, "forward", nan_forward)
+    with pytest.raises(TrainingError, match="loss became nan"):
+        run_cell("part", "cifar100", **kw)
+    monkeypatch.undo()
+    (path,) = (tmp_path / "out" / "runs").glob("*.json")
+    rec = json.loads(path.read_text())
+    assert rec["status"] == "failed" and rec["metrics"] == {}
+    assert rec["failure"]["phase"] == "pretrain" and rec["failure"]["step"] == 1
+    assert "loss became nan at iteration 1" in rec["failure"]["reason"]
+    row = {k.split(".", 2)[2]: v for k, v in OPTS.items() if ".pretrain." in k or ".finetune." in k}
+    table = Table("t", rows=(Row("PART", "part", row),), columns=(Column("acc", "cifar100", "acc1", ""),))
+    fill("t", "tiny", 1, False, out_root=tmp_path / "out", table=table)
+    assert "| PART | failed |" in (tmp_path / "out" / "t.md").read_text()
+    run_cell("part", "cifar100", **kw)   # the fix: the same cell again
+    rec = json.loads(path.read_text())
+    assert rec["status"] == "ok" and "acc1" in rec["metrics"]
+    fill("t", "tiny", 1, False, out_root=tmp_path / "out", table=table)
+    assert "failed" not in (tmp_path / "out" / "t.md").read_text()
+
+
+def _one_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_a_full_disk_leaves_the_previous_files_and_stops_with_one_line(tmp_path, monkeypatch, capsys):
+    import engine.atomic as atomic
+    import engine.records as records
+    import mmengine.runner.runner as mm_runner
+
+    args = ["--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "runs"), *CLI]
+    # the checkpoint of pretraining epoch 2 meets a full disk halfway
+    real_save = mm_runner.save_checkpoint
+
+    def full_at_epoch_2(checkpoint, filename, *a, **k):
+        if Path(filename).name.startswith(".epoch_2.pth"):
+            Path(filename).write_bytes(b"PK\x03\x04 half a checkpoint")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(checkpoint, filename, *a, **k)
+
+    monkeypatch.setattr(mm_runner, "save_checkpoint", full_at_epoch_2)
+    assert main(args) == 1
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("error: disk full") and "epoch_2.pth" in line
+    (work,) = (tmp_path / "cache" / "pretrain").glob("*/work")
+    assert sorted(p.name for p in work.iterdir() if p.suffix in (".pth", ".tmp")) == ["epoch_1.pth"]
+    assert Path((work / "last_checkpoint").read_text().strip()).name == "epoch_1.pth"
+    torch.load(work / "epoch_1.pth", weights_only=True)
+    monkeypatch.undo()
+
+    # the record meets a full disk: the previous record stays as it was
+    runs = tmp_path / "runs"
+    runs.mkdir(exist_ok=True)
+
+    def full_json(path, obj, **kw):
+        with atomic.atomic_write(path, "w") as f:
+            f.write('{"partial": ')
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(records, "atomic_write_json", full_json)
+    from benchmarks.run import cell_record_path
+
+    previous = cell_record_path("part", "cifar100", cfg_options=OPTS, out=runs)
+    previous.write_text('{"previous": true}')
+    assert main(args) == 1
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("error: disk full") and previous.name in line
+    assert previous.read_text() == '{"previous": true}' and not list(runs.glob(".*.tmp"))
+
+
+def test_locks_name_their_owner_wait_for_it_and_take_over_stale_ones(tmp_path):
+    lock = tmp_path / "x.lock"
+    lock.write_text(json.dumps(dict(pid=999999, host="gone", started="then")))  # its owner died
+    logs, held, release = [], threading.Event(), threading.Event()
+    with file_lock(lock, "x", log=logs.append):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert len(logs) == 1 and "stale lock of pid 999999 on gone" in logs[0]
+    assert not lock.exists()
+
+    def holder():
+        with file_lock(lock, "x", log=lambda *_: None):
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    held.wait(10)
+    logs.clear()
+    with pytest.raises(TimeoutError):
+        with file_lock(lock, "x", log=logs.append, poll_s=0.05, timeout_s=0.3):
+            pass
+    assert f"waiting for pid {os.getpid()}" in logs[0]
+    release.set()
+    t.join()
+
+
+def test_two_runs_at_once_share_one_pretraining_and_lose_nothing(tmp_path):
+    """Three processes on one cache and results folder: two of the same cell and one of
+    another cell sharing its pretraining (slowed down so that they overlap)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PART_BENCH_TEST_FAULT="sleep:0.3",
+               PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "faults"), str(REPO)]))
+    base = [sys.executable, "-m", "benchmarks.run", "--cache", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "runs"), "--method", "part"]
+    opts = ["--cfg-options", *(f"{k}={v}" for k, v in OPTS.items() if "finetune" not in k),
+            "tasks.cifar100.finetune.epochs=1", "tasks.pretext.evaluation.max_images=16"]
+    procs = [subprocess.Popen([*base, "--task", task, *opts], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for task in ("pretext", "pretext", "cifar100")]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    log = "\n".join(outs)
+    assert sum(ln.startswith("[pretrain] part: ") for ln in log.splitlines()) == 1, log
+    assert "[lock] waiting for pid" in log
+    names = sorted(p.name for p in (tmp_path / "runs").glob("*.json"))
+    assert len(names) == 2 and all(json.loads((tmp_path / "runs" / n).read_text())["status"] == "ok"
+                                   for n in names)
+    assert not list((tmp_path / "cache").rglob("*.lock"))
+
+
+def test_a_record_carries_its_provenance_and_explains_its_command(reference):
+    rec, _ = reference
+    assert rec["status"] == "ok" and len(rec["plan_hash"]) == 10 and rec["seed"] == 0
+    assert rec["git"]["commit"] and isinstance(rec["git"]["dirty"], bool)
+    assert not rec["git"]["dirty"] or len(rec["git"]["diff_sha1"]) == 40
+    assert rec["hardware"]["cpu"] and rec["hardware"]["world_size"] == 1
+    assert set(rec["wall_time_s"]) == {"total", "pretrain", "task"}
+    assert rec["resumes"] == {"pretrain": [], "task": []}
+    text = explain(rec["path"])
+    assert "python -m benchmarks.run --method part --task cifar100 --preset tiny --seed 0" in text
+    assert "tasks.cifar100.pretrain.epochs=2" in text
+    assert text.splitlines()[-1] == "# this command resolves to the record's plan", text
