@@ -263,7 +263,7 @@ def cell_record_path(method: str, task: str, *, preset: str = "tiny", seed: int 
 def describe_plan(plan, cache_root: Path, out=None) -> dict:
     """Everything ``--dry-run`` shows, as one dict (``--json`` prints it as is)."""
     from engine.errors import PartBenchError
-    from engine.plan import PUBLISHED_TRAIN_SIZES, iters_per_epoch, plan_to_dict
+    from engine.plan import PUBLISHED_TRAIN_SIZES, iters_per_epoch, plan_to_dict, with_step_floor
     from engine.pretrain import is_pretrained, pretrained_folder
     from engine.records import record_path
     from tasks import build_task
@@ -305,7 +305,7 @@ def describe_plan(plan, cache_root: Path, out=None) -> dict:
             continue
         per = sched.batch_per_process(plan.world_size)
         ipe = iters_per_epoch(n, per, plan.world_size, n >= per, sched.repeated_aug)
-        epochs = sched.epochs_for(ipe)  # raised to the schedule's min_steps, if it has one
+        epochs = with_step_floor(sched, plan.sources, phase).epochs_for(ipe)  # min_steps
         iterations[phase] = dict(num_images=n, count=how, per_epoch=ipe, epochs=epochs,
                                  total=ipe * epochs,
                                  optimizer_steps=ipe * epochs // sched.grad_accum)

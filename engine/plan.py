@@ -36,8 +36,9 @@ from .errors import ConfigError
 
 __all__ = [
     "EncoderPlan", "AugmentPlan", "PretrainPlan", "FinetunePlan", "DetectionFinetunePlan",
-    "DetectorPlan", "LoaderPlan", "DataPlan", "EvaluationPlan", "MethodPlan", "RunPlan",
-    "FINETUNE_RECIPES", "PUBLISHED_TRAIN_SIZES", "resolve_plan", "plan_to_dict",
+    "DetectorPlan", "LoaderPlan", "DataPlan", "EvaluationPlan", "ProtocolPlan", "PROTOCOLS",
+    "MethodPlan", "RunPlan",
+    "FINETUNE_RECIPES", "PUBLISHED_TRAIN_SIZES", "resolve_plan", "plan_to_dict", "with_step_floor",
     "format_plan", "stable_hash", "iters_per_epoch",
 ]
 
@@ -72,6 +73,17 @@ class _Schedule:
     grad_clip = None
     repeated_aug = 1
     min_lr = 0.0
+    min_steps = None
+
+    def epochs_for(self, iters_per_epoch: int) -> int:
+        """The epochs a run takes: ``epochs``, raised where needed so that training takes
+        at least ``min_steps`` optimizer steps (``iters_per_epoch`` iterations per epoch,
+        one optimizer step per ``grad_accum`` iterations). A small data set then still
+        gets the step budget; a large one keeps its epochs. ``min_steps`` None: epochs."""
+        if not self.min_steps:
+            return int(self.epochs)
+        steps_per_epoch = max(1, int(iters_per_epoch)) / max(1, int(self.grad_accum))
+        return max(int(self.epochs), math.ceil(int(self.min_steps) / steps_per_epoch))
 
     def batch_per_process(self, world_size: int) -> int:
         denom = world_size * self.grad_accum
@@ -147,6 +159,9 @@ class FinetunePlan(_Schedule):
     eval_crop_pct: float | None = None  # None: 0.875 at >= 224 px, else 1.0
     pos_embed: bool = True           # learnable position embeddings at finetuning
     grad_accum: int = 1
+    # a floor in optimizer steps (None: none): epochs are raised on a small data set
+    # (``_Schedule.epochs_for``); our addition, DeiT schedules in epochs only
+    min_steps: int | None = None
 
 
 # Named finetuning recipes: the values each sets over the defaults (DeiT). They are a
@@ -265,6 +280,34 @@ class EvaluationPlan:
     batch_size: int = 256
     max_images: int = 10000
     eval_seed: int = 1234
+
+
+def with_step_floor(schedule, sources: dict, section: str):
+    """``schedule`` as a run takes it: its ``min_steps`` floor
+    (:meth:`_Schedule.epochs_for`) is dropped when a table row or the command line set
+    ``<section>.epochs`` and not ``<section>.min_steps``: an explicit epoch count is
+    taken as given (our choice)."""
+    explicit = ("row", "command line")
+    if (getattr(schedule, "min_steps", None) and sources.get(f"{section}.epochs") in explicit
+            and sources.get(f"{section}.min_steps") not in explicit):
+        return replace(schedule, min_steps=None)
+    return schedule
+
+
+PROTOCOLS = ("finetune", "linear", "knn")
+
+
+@dataclass(frozen=True)
+class ProtocolPlan:
+    """How a classification-style task evaluates an encoder (``--protocol``):
+    ``finetune`` (every weight trained, the ``finetune`` section), ``linear`` (a linear
+    probe on frozen features, the task's ``probe`` section) or ``knn`` (weighted kNN on
+    frozen features, ``knn_k`` neighbours, temperature ``knn_temperature``: DINO's 20
+    and 0.07). ``batch_size``: images per forward pass when features are extracted."""
+    name: str = "finetune"
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    batch_size: int = 256
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ The two protocols here read the pretrained encoder as it is:
 - **linear probe** (:class:`LinearProbe`, :func:`train_linear_probe`): one
   ``nn.Linear`` trained on features computed once from the frozen encoder, on
   mmengine's Runner through :func:`engine.runner.build_runner`, scored by the suite's
-  :class:`tasks.classification.Top1Accuracy`.
+  :class:`tasks.metrics.Top1Accuracy`.
 
 Features (:func:`extract_features`) are the encoder's ``forward_features`` output
 (after its final norm): the [CLS] token (``pool="cls"``), the mean of the patch
@@ -31,30 +31,34 @@ atomically), so a table that runs several protocols on one checkpoint extracts e
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.data as tud
 from sklearn.metrics import accuracy_score
 
-from engine.plan import _Schedule, stable_hash
+from engine.plan import _Schedule, iters_per_epoch, stable_hash
 from engine.runner import SuiteModel, build_runner
 
 from .base import RunnerSamples
-from .classification import Top1Accuracy
+from .metrics import Top1Accuracy
 
 __all__ = ["POOLS", "KNN_K", "KNN_TEMPERATURE", "LINEAR_POOL", "extract_features", "knn_classify",
            "knn_accuracy", "LinearProbe", "LinearProbePlan", "train_linear_probe", "probe_encoder",
-           "cached_features", "feature_cache_key"]
+           "cached_features", "feature_cache_key", "final_train_loss", "class_prior_loss",
+           "majority_rate", "accuracy_interval", "LOSS_PRIOR_FRACTION", "NOISE_CONFIDENCE",
+           "loss_warning", "accuracy_warning"]
 
 POOLS = ("cls", "avg", "cls+avg")
 #: DINO's kNN protocol (eval_knn.py): k = 20 ("20 is usually working the best"), T = 0.07
@@ -239,7 +243,16 @@ class LinearProbePlan(_Schedule):
     The optimizer is AdamW, since ``build_runner`` trains with AdamW, not DINO's SGD
     (momentum 0.9): base lr 1e-3 (numerically DINO's default, which was tuned for
     SGD), betas (0.9, 0.999) and global batch 256 are our choices. The decay is per
-    iteration (build_runner's), DINO's per epoch."""
+    iteration (build_runner's), DINO's per epoch.
+
+    ``standardize`` (our choice, on by default): every feature dimension is shifted and
+    scaled by the training features' mean and standard deviation (+1e-6 in the
+    variance), a fixed affine map computed once, so the probe stays one linear layer
+    without BatchNorm. MAE's ``main_linprobe.py`` (facebookresearch/mae, commit 6a2ba40)
+    puts a ``BatchNorm1d(affine=False, eps=1e-6)`` before its head for the same reason:
+    frozen ViT features share a large common offset and small per-dimension spread
+    (on the tiny preset: spread 0.1 around 0.5), which a linear layer trained for a few
+    hundred steps does not get past."""
     epochs: int = 100
     global_batch_size: int = 256
     base_lr: float = 1e-3
@@ -249,6 +262,9 @@ class LinearProbePlan(_Schedule):
     warmup_epochs: float = 0
     min_lr: float = 0.0
     grad_accum: int = 1
+    min_steps: int | None = None  # a floor in optimizer steps (_Schedule.epochs_for)
+    # standardise each feature by the training split's mean and std (computed once)
+    standardize: bool = True
 
 
 class LinearProbe(SuiteModel):
@@ -256,7 +272,7 @@ class LinearProbe(SuiteModel):
     cross-entropy. Weights ~ N(0, 0.01^2), bias 0, as DINO's ``LinearClassifier``
     (eval_linear.py lines 242-244), drawn from a generator seeded with ``seed``.
     Inputs are ``{"inputs": (B, d) features, "data_samples": (B,) labels}``;
-    predictions are the dicts :class:`tasks.classification.Top1Accuracy` reads."""
+    predictions are the dicts :class:`tasks.metrics.Top1Accuracy` reads."""
 
     def __init__(self, dim: int, num_classes: int, seed: int = 0):
         super().__init__()
@@ -284,7 +300,8 @@ def train_linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, te
                        test_labels: torch.Tensor, num_classes: int, work_dir: str | Path,
                        schedule: LinearProbePlan | None = None, batch_per_process: int | None = None,
                        loader=None, seed: int = 0, log=print) -> dict:
-    """Train a :class:`LinearProbe` on cached features and score it: ``{"acc1": %}``.
+    """Train a :class:`LinearProbe` on cached features and score it: ``{"acc1": %,
+    "final_loss": mean training loss of the last epoch, "epochs", "steps"}``.
 
     The features are held in memory as a tensor data set (read every epoch, never
     recomputed) and trained on mmengine's Runner by :func:`engine.runner.build_runner`
@@ -293,11 +310,26 @@ def train_linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, te
     interval (default 50). The loader runs in the main process: the samples are
     already tensors, workers would only add start-up time (our choice). ``work_dir``
     belongs to this probe alone: the Runner resumes from the last checkpoint it finds
-    there. Accuracy is :class:`tasks.classification.Top1Accuracy` on the test features.
+    there. Accuracy is :class:`tasks.metrics.Top1Accuracy` on the test features.
+    With ``schedule.min_steps``, epochs are raised so that the probe takes at least
+    that many optimizer steps (:meth:`engine.plan._Schedule.epochs_for`).
     """
     schedule = schedule or LinearProbePlan()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     if batch_per_process is None:
-        batch_per_process = schedule.batch_per_process(int(os.environ.get("WORLD_SIZE", "1")))
+        batch_per_process = schedule.batch_per_process(world)
+    iters = iters_per_epoch(len(train_feats), batch_per_process, world,
+                            len(train_feats) >= batch_per_process, 1)
+    epochs = schedule.epochs_for(iters)
+    if epochs != schedule.epochs:
+        log(f"linear probe: {schedule.epochs} epochs of {iters} steps are fewer than min_steps "
+            f"{schedule.min_steps}: training {epochs} epochs")
+        schedule = replace(schedule, epochs=epochs)
+    if schedule.standardize:
+        mean = train_feats.float().mean(dim=0)
+        std = (train_feats.float().var(dim=0, unbiased=False) + 1e-6).sqrt()
+        train_feats = (train_feats.float() - mean) / std
+        test_feats = (test_feats.float() - mean) / std
     loader = SimpleNamespace(num_workers=0, log_interval=getattr(loader, "log_interval", 50))
     model = LinearProbe(train_feats.shape[1], num_classes, seed=seed)
     log(f"linear probe: {train_feats.shape[1]}-d features, {len(train_feats)} train / "
@@ -314,7 +346,93 @@ def train_linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, te
         experiment_name=f"linear_probe_{uuid.uuid4().hex[:8]}")
     runner.train()
     metrics = runner.test()
-    return {"acc1": float(metrics["acc1"])}
+    return {"acc1": float(metrics["acc1"]), "final_loss": final_train_loss(runner, iters),
+            "epochs": int(schedule.epochs), "steps": int(schedule.epochs * iters)}
+
+
+# ------------------------------------------------------------------------ sanity checks
+#: A final training loss at or above this fraction of the class-prior loss means the
+#: model learnt (next to) nothing (our choice: on the tiny preset's embedded data, runs
+#: that reach 76-92 % end at 0.80-0.88 of it under DeiT's Mixup/CutMix recipe).
+LOSS_PRIOR_FRACTION = 0.95
+#: The confidence of the accuracy interval that "within noise" is judged by.
+NOISE_CONFIDENCE = 0.95
+
+
+def final_train_loss(runner, last_iters: int) -> float | None:
+    """Mean training loss over the last ``last_iters`` iterations (the last epoch) as
+    the Runner's message hub logged them (``train/loss``), or None if none was."""
+    try:
+        values = runner.message_hub.get_scalar("train/loss").data[0]
+    except KeyError:
+        return None
+    if len(values) == 0:
+        return None
+    return float(np.mean(values[-max(1, int(last_iters)):]))
+
+
+def class_prior_loss(labels, num_classes: int, smoothing: float = 0.0) -> float:
+    """The training loss (nats) of the best constant prediction: the entropy of the mean
+    training target ``q = (1 - smoothing) p + smoothing / C``, with ``p`` the label
+    frequencies of ``labels`` over ``C = num_classes`` classes. Mixup/CutMix with label
+    smoothing (timm's targets) and label-smoothed cross-entropy both have this mean
+    target; plain cross-entropy is ``smoothing = 0``: H(p)."""
+    counts = torch.bincount(torch.as_tensor(labels).long().reshape(-1), minlength=num_classes)
+    p = counts.double() / counts.sum()
+    q = (1.0 - smoothing) * p + smoothing / num_classes
+    q = q[q > 0]
+    return float(-(q * q.log()).sum())
+
+
+def majority_rate(labels) -> float:
+    """The accuracy of always predicting ``labels``' most frequent class (a fraction)."""
+    labels = torch.as_tensor(labels).long().reshape(-1)
+    return float(torch.bincount(labels).max()) / len(labels)
+
+
+def accuracy_interval(correct: int, n: int, confidence: float = NOISE_CONFIDENCE) -> tuple[float, float]:
+    """Clopper-Pearson (exact binomial) interval of an accuracy of ``correct`` / ``n``,
+    as fractions: ``low = Beta((1-c)/2; k, n-k+1)`` (0 when k = 0), ``high =
+    Beta((1+c)/2; k+1, n-k)`` (1 when k = n). For k = n: low = ((1-c)/2)^(1/n)."""
+    from scipy.stats import beta
+
+    k, n = int(correct), int(n)
+    if n <= 0 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= correct <= n and n > 0, got {k} of {n}")
+    a = (1.0 - confidence) / 2.0
+    low = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
+    high = 1.0 if k == n else float(beta.ppf(1.0 - a, k + 1, n - k))
+    return low, high
+
+
+def accuracy_warning(metric: str, acc: float, n: int, majority: float,
+                     confidence: float = NOISE_CONFIDENCE) -> str | None:
+    """One line when the accuracy ``acc`` (%) on ``n`` test samples is within noise of
+    the majority-class rate ``majority`` (a fraction): the lower end of its
+    ``confidence`` Clopper-Pearson interval (:func:`accuracy_interval`) does not exceed
+    the majority rate; equivalently, an exact one-sided binomial test cannot say at
+    level (1 - confidence) / 2 that the classifier beats always predicting the largest
+    class. None otherwise. The line starts with ``"<metric>: "``."""
+    k = int(round(float(acc) * n / 100.0))
+    low, high = accuracy_interval(k, n, confidence)
+    if low > majority:
+        return None
+    return (f"{metric}: {acc:.1f}% is within noise of the majority-class rate {100 * majority:.1f}% "
+            f"({confidence:.0%} Clopper-Pearson interval of {k}/{n} test samples: "
+            f"[{100 * low:.1f}, {100 * high:.1f}]%)")
+
+
+def loss_warning(final_loss: float | None, prior_loss: float,
+                 fraction: float = LOSS_PRIOR_FRACTION) -> str | None:
+    """One line when the final training loss is still at the class-prior level:
+    ``final_loss >= fraction x prior_loss`` (:func:`class_prior_loss`). None otherwise,
+    or when no loss was logged. The line starts with ``"training: "``."""
+    if final_loss is None or not math.isfinite(final_loss):
+        return None
+    if final_loss < fraction * prior_loss:
+        return None
+    return (f"training: final training loss {final_loss:.3f} is at the class-prior level "
+            f"{prior_loss:.3f} (>= {fraction:.0%} of it): the model learnt (next to) nothing")
 
 
 # ------------------------------------------------------------------------ one call
@@ -360,7 +478,7 @@ def probe_encoder(encoder: nn.Module, train_set, test_set, protocol: str, *, bat
                   k: int = KNN_K, temperature: float = KNN_TEMPERATURE, work_dir: str | Path | None = None,
                   schedule: LinearProbePlan | None = None, batch_per_process: int | None = None,
                   loader=None, seed: int = 0, cache_dir: str | Path | None = None,
-                  cache_key: str | None = None, log=print) -> dict:
+                  cache_key: str | None = None, log=print, info: dict | None = None) -> dict:
     """Evaluate a frozen ``encoder`` with one protocol; metrics with fixed names.
 
     ``protocol="knn"``: ``{"knn_acc1_cls", "knn_acc1_avg"}``, :func:`knn_accuracy`
@@ -373,6 +491,10 @@ def probe_encoder(encoder: nn.Module, train_set, test_set, protocol: str, *, bat
     (e.g. :func:`feature_cache_key` of the checkpoint and data), features are kept as
     ``<cache_key>__<split>__<pool>.pt`` and the next protocol reuses them. The encoder's
     weights and train/eval mode are left as they were.
+
+    ``info``: a dict that receives what the sanity checks need: ``train_labels``,
+    ``test_labels``, ``num_classes``, and for the linear probe ``final_loss``,
+    ``epochs`` and ``steps`` (:func:`train_linear_probe`).
     """
     if protocol == "knn":
         pools: tuple[str, ...] = ("cls", "avg")
@@ -387,6 +509,8 @@ def probe_encoder(encoder: nn.Module, train_set, test_set, protocol: str, *, bat
     test, test_labels = _split_features(encoder, test_set, "test", pools, *args)
     if num_classes is None:
         num_classes = _num_classes(train_set, train_labels, test_labels)
+    if info is not None:
+        info.update(train_labels=train_labels, test_labels=test_labels, num_classes=num_classes)
     if protocol == "knn":
         vote_device = device if device is not None else next(encoder.parameters()).device
         return {f"knn_acc1_{pool}": knn_accuracy(train[pool].to(vote_device), train_labels,
@@ -396,4 +520,6 @@ def probe_encoder(encoder: nn.Module, train_set, test_set, protocol: str, *, bat
     result = train_linear_probe(train[LINEAR_POOL], train_labels, test[LINEAR_POOL], test_labels,
                                 num_classes, work_dir, schedule=schedule,
                                 batch_per_process=batch_per_process, loader=loader, seed=seed, log=log)
+    if info is not None:
+        info.update({k: result[k] for k in ("final_loss", "epochs", "steps")})
     return {"linear_acc1": result["acc1"]}

@@ -126,10 +126,12 @@ def test_feature_cache_computes_once(tmp_path):
 
 
 # ------------------------------------------------------------------------ linear probe
-def test_linear_probe_separates_separable_features(tmp_path):
+@pytest.mark.parametrize("standardize,base_lr", [(False, 0.05), (True, 0.5)])
+def test_linear_probe_separates_separable_features(tmp_path, standardize, base_lr):
+    # standardised features are ~2.4x smaller along the class directions: a larger lr
     train, ytr = clusters(40, 4, 16, seed=0, spread=1.0)
     test, yte = clusters(25, 4, 16, seed=1, spread=1.0)
-    plan = LinearProbePlan(epochs=15, global_batch_size=32, base_lr=0.05)
+    plan = LinearProbePlan(epochs=15, global_batch_size=32, base_lr=base_lr, standardize=standardize)
     out = train_linear_probe(train, ytr, test, yte, num_classes=4, work_dir=tmp_path / "probe",
                              schedule=plan, batch_per_process=32, seed=0, log=quiet)
     assert out["acc1"] >= 99.0

@@ -27,13 +27,14 @@ def test_table5_aggregates_seeds_and_places_the_paper_beside(tmp_path):
     fill("table5", "tiny", seeds=2, run=False, out_root=tmp_path)
     df = pd.read_csv(tmp_path / "table5.csv").set_index("row")
     assert df.loc["MLP", "acc (ours)"] == pytest.approx(82.0)
-    assert df.loc["MLP", "acc (ours, std)"] == pytest.approx(2.0)
+    assert df.loc["MLP", "acc (ours, std)"] == pytest.approx(2.0 * 2 ** 0.5)  # ddof = 1
     assert df.loc["MLP", "err x (ours)"] == pytest.approx(1.5)
     assert df.loc["MLP", "err x (paper)"] == pytest.approx(3.18)
     assert df.loc["Cross-attention", "acc (ours, n)"] == 1
     assert df.loc["Pairwise MLP", "acc (ours, n)"] == 0
     md = (tmp_path / "table5.md").read_text()
-    assert "| MLP | 1.50 ± 0.50 | 3.18 |" in md
+    # mean ± std [95% t-interval]: 1.5 ± 12.706 x 0.7071 / sqrt(2)
+    assert "| MLP | 1.50 ± 0.71 [-4.85, 7.85] | 3.18 |" in md
     assert "| Pairwise MLP | — | 2.84 |" in md
     assert "83.00" in md  # the paper's number as printed
 
