@@ -32,5 +32,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
 def report_user_error(exc: BaseException) -> int:
     """Print ``exc`` as one line on stderr; the exit status (2)."""
     msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    if "\nOriginal Traceback" in str(msg):  # re-raised from a DataLoader worker: its own line
+        last = str(msg).rstrip().splitlines()[-1]
+        msg = last.split(": ", 1)[1] if ": " in last else last
     print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)
     return 2

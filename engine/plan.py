@@ -413,8 +413,10 @@ class Layers:
         return unflatten(vals), srcs
 
 
-def build_section(cls, values: dict, where: str):
-    """The dataclass ``cls`` from ``values``; an unknown key is a ConfigError naming it."""
+def build_section(cls, values: dict, where: str, key: str = "", sources: dict | None = None):
+    """The dataclass ``cls`` from ``values``; an unknown key is a ConfigError naming it,
+    and so is a value that is not a number where the field's default is one (``key``:
+    the section's dotted name, ``sources``: dotted key -> layer, for the message)."""
     names = {f.name: f for f in fields(cls)}
     kwargs = {}
     for k, v in (values or {}).items():
@@ -422,12 +424,70 @@ def build_section(cls, values: dict, where: str):
             raise ConfigError(f"unknown key {k!r} in {where}; expected one of: "
                               f"{', '.join(sorted(names))}")
         sub = _dataclass_type(names[k])
+        dotted = f"{key}.{k}" if key else k
         if sub is not None and isinstance(v, dict):
-            v = build_section(sub, v, f"{where}.{k}")
+            v = build_section(sub, v, f"{where}.{k}", dotted, sources)
         elif isinstance(v, list):
             v = tuple(v)
+        default = names[k].default
+        if (isinstance(default, (int, float)) and not isinstance(default, bool)
+                and (not isinstance(v, (int, float)) or isinstance(v, bool))):
+            raise ConfigError(f"{dotted} must be a number, got {v!r} (set at "
+                              f"{(sources or {}).get(dotted, 'default')}; {where})")
         kwargs[k] = v
     return cls(**kwargs)
+
+
+def _check_values(plan_sections: dict, sources: dict, where: str) -> None:
+    """Ranges no run can train with, each a ConfigError naming the value and its layer."""
+    def bad(key, v, expected):
+        raise ConfigError(f"{key} must be {expected}, got {v!r} (set at "
+                          f"{sources.get(key, 'default')}; {where})")
+
+    def whole(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for name in ("pretrain", "finetune"):
+        sched = plan_sections.get(name)
+        if sched is None:
+            continue
+        for k in ("epochs", "global_batch_size", "grad_accum"):
+            v = getattr(sched, k)
+            if not whole(v) or v < 1:
+                bad(f"{name}.{k}", v, "an integer >= 1")
+        for k in ("base_lr", "weight_decay", "warmup_epochs", "min_lr"):
+            v = getattr(sched, k)
+            if v < 0:
+                bad(f"{name}.{k}", v, ">= 0")
+    enc = plan_sections["encoder"]
+    for k in ("img_size", "patch_size", "in_chans"):
+        v = getattr(enc, k)
+        if not whole(v) or v < 1:
+            bad(f"encoder.{k}", v, "an integer >= 1")
+    if enc.img_size % enc.patch_size:
+        raise ConfigError(f"encoder.img_size {enc.img_size} is not a multiple of encoder.patch_size "
+                          f"{enc.patch_size} (set at {sources.get('encoder.img_size', 'default')} / "
+                          f"{sources.get('encoder.patch_size', 'default')}; {where}): choose a "
+                          f"patch size that divides the input")
+
+
+def _check_method(cls, method: str, task: str, preset: str, encoder, config: dict,
+                  sources: dict) -> None:
+    """Build the method once on the meta device (no memory, no init cost): every check its
+    constructor makes (pair counts, mask ratios, a sampling that needs 2D images, ...)
+    answers at plan time, ``--dry-run`` included, as one ConfigError line."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            cls(encoder=encoder.as_kwargs(), **config)
+    except ValueError as exc:
+        given = [f"{k}={v!r} [{sources[f'method.{k}']}]" for k, v in config.items()
+                 if sources.get(f"method.{k}", "default") != "default"]
+        raise ConfigError(f"method {method!r} does not apply to task {task} ({preset}): {exc} "
+                          f"(method values: {', '.join(given) or 'defaults'}; encoder: "
+                          f"{encoder.modality}, input {encoder.img_size}, patch "
+                          f"{encoder.patch_size})") from None
 
 
 def _dataclass_type(f):
@@ -571,7 +631,8 @@ def resolve_plan(cfg: dict, method: str, task: str, *, seed: int = 0, world_size
 
     def section(name, cls_):
         values, _ = layers.section(name)
-        return build_section(cls_, values, f"{name} section of {method}/{task} ({preset})")
+        return build_section(cls_, values, f"{name} section of {method}/{task} ({preset})",
+                             name, layers.sources)
 
     encoder = section("encoder", EncoderPlan)
     pretrain = section("pretrain", PretrainPlan) if cls.pretrains else None
@@ -592,6 +653,10 @@ def resolve_plan(cfg: dict, method: str, task: str, *, seed: int = 0, world_size
     else:
         pretrain_data = data
 
+    _check_values(dict(pretrain=pretrain, finetune=finetune, encoder=encoder), layers.sources,
+                  f"{method}/{task} ({preset})")
+    if cls.pretrains:
+        _check_method(cls, method, task, preset, encoder, method_cfg, layers.sources)
     if pretrain is not None:
         pretrain.batch_per_process(world_size)
     if finetune is not None:

@@ -40,8 +40,9 @@ def read_encoder_state(checkpoint: Path) -> dict:
     try:
         blob = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file, or not a torch file
-        raise DataError(f"cannot read encoder checkpoint {checkpoint}: "
-                        f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+        raise DataError(f"cannot read encoder checkpoint {checkpoint} ({type(exc).__name__}): "
+                        f"damaged, or not a weights-only torch checkpoint; delete it and rerun "
+                        f"to write it again") from None
     state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
     if not isinstance(state, dict) or not state:
         raise DataError(f"{checkpoint} holds no state dict")

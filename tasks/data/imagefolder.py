@@ -70,6 +70,24 @@ def validate_imagefolder(root) -> list[str]:
     return classes["train"]
 
 
+def load_image(path) -> "Image.Image":
+    """ImageFolder's loader (PIL, RGB), with a damaged file answered by one
+    :class:`DataError` naming it. A corrupt image stops the run rather than being
+    skipped: a benchmark number is over the data set as published, a skipped image
+    would silently change it (and a truncated copy rarely damages one file only). The
+    fix is to replace the file; the same command then resumes from the last checkpoint."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for a damaged file
+        raise DataError(f"cannot read image {path} ({type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())}); replace the damaged file (or remove it) "
+                        f"and rerun the same command") from None
+
+
 def build_imagefolder(root, split: str, transform=None):
     """``torchvision.datasets.ImageFolder`` for ``root/<split>`` (split 'train' or 'val').
 
@@ -84,4 +102,4 @@ def build_imagefolder(root, split: str, transform=None):
     validate_imagefolder(root)
     from torchvision.datasets import ImageFolder
 
-    return ImageFolder(str(Path(root) / split), transform=transform)
+    return ImageFolder(str(Path(root) / split), transform=transform, loader=load_image)
