@@ -52,6 +52,7 @@ def _forked(args: list[str], tmp: Path) -> tuple[int, str, str]:
             sys.stdout = open(1, "w", closefd=False, buffering=1)
             sys.stderr = open(2, "w", closefd=False, buffering=1)
             sys.argv = ["benchmarks.run", *args]
+            sys.modules.pop("benchmarks.run", None)  # run as a fresh __main__, as python -m does
             try:
                 runpy.run_module("benchmarks.run", run_name="__main__", alter_sys=True)
                 code = 0
