@@ -1,28 +1,55 @@
-"""Step-time and extraction benchmarks, printed as ratios measured in one run.
+"""Step-time, memory, data-pipeline and extraction benchmarks, as ratios measured in one run.
 
-    python -m benchmarks.speed [--quick] [--device cpu|cuda] [--repeats 5]
+    python -m benchmarks.speed [--quick] [--device cpu|cuda] [--repeats 7] [--only SECTION ...]
     python -m benchmarks.speed --detector [--preset tiny]
 
-1. Training step (forward + backward) of each method against a plain timm ViT
-   (grid patches, position embeddings, linear head, cross-entropy) on the same batch:
+Sections (``--only``; all by default), each written as a Markdown table to
+``results/speed/<device>.md`` (``--out`` elsewhere, ``--no-write`` not at all):
+
+1. ``steps``: training step (forward + backward) of each method against a plain timm
+   ViT (grid patches, position embeddings, linear head, cross-entropy) on the same batch:
    ViT-S/16 at 224 with batch 8 and 2048 pairs; ViT-B/16 with batch 2 and 4802 pairs.
-2. Patch extraction: one batched call against a Python loop over patches that cuts
-   the same boxes one at a time.
-3. ``--detector``: seconds per training iteration (data preprocessing, forward,
+   The rows are interleaved (plain, method, method, plain, ...): each round's ratio is
+   the method's step over the plain step of the same round, and the table gives the
+   median ratio with its interquartile range, so load that comes and goes on a shared
+   machine hits both sides of a ratio alike. Two identical computations are checked to
+   read the same within 3%: the plain step against itself, and ``mp3`` against
+   ``mp3-nope`` (one pretraining). On a GPU the step's model FLOPs (torch's FLOP counter,
+   once per method) give the MFU against the device's bf16 peak.
+2. ``memory``: peak memory of one step of each method at the same batch, above what the
+   process held before the model was built (CPU: the resident set's high-water mark,
+   reset through ``/proc/self/clear_refs``; GPU: ``max_memory_allocated``).
+3. ``pairs``: PART's step against the plain step as the number of pairs grows
+   (512..8192) and at two image sizes; the cross-attention head is linear in pairs and
+   never forms a pairs x N x d tensor (its per-pair logits are pairs x N per head).
+4. ``data``: for every task of the tiny preset, the pretraining data pipeline's samples/s
+   (decode + augment + sampling through a DataLoader with the preset's workers; EEG
+   windows from the memory-mapped cache) beside the pretraining step's samples/s at the
+   preset's batch (PART), and which of the two bounds the run.
+5. ``extraction``: one batched patch-extraction call against a Python loop over patches.
+6. ``--detector``: seconds per training iteration (data preprocessing, forward,
    backward, AdamW step) of the preset's ViTDet Mask R-CNN at its batch size, on
    batches of the embedded COCO-layout scenes through the training pipeline.
 
-Times are medians over ``--repeats`` after a warm-up; ``--quick`` uses the tiny
-preset's model size instead (seconds, for a smoke test).
+``--quick`` uses tiny model sizes (seconds, a smoke test). The header of the table gives
+the machine's load average before and after: read ratios taken under load with care.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
+import os
+import re
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+TOLERANCE = 0.03  # two identical computations must read the same within this
 
 
 def _median_time(fn, repeats: int, sync) -> float:
@@ -37,38 +64,308 @@ def _median_time(fn, repeats: int, sync) -> float:
     return statistics.median(times)
 
 
-def bench_steps(arch: str, img: int, patch: int, batch: int, pairs: int, repeats: int,
-                device: str, methods: list[str]) -> list[tuple[str, float, float]]:
-    from methods import build_method
+def _sync(device: str):
+    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+
+def _time_once(fn, sync) -> float:
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------- ratio arithmetic
+def round_ratios(plain_times, method_times) -> list[float]:
+    """Per-round ratios: round r's method time over round r's plain time."""
+    if len(plain_times) != len(method_times):
+        raise ValueError("one plain time per method time (interleaved rounds)")
+    return [m / p for p, m in zip(plain_times, method_times)]
+
+
+def ratio_summary(ratios) -> tuple[float, float, float]:
+    """(median, first quartile, third quartile) of per-round ratios (inclusive quartiles:
+    for 1..5 they are 2 and 4)."""
+    ratios = sorted(float(r) for r in ratios)
+    if len(ratios) == 1:
+        return ratios[0], ratios[0], ratios[0]
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return statistics.median(ratios), q1, q3
+
+
+def same_within(a: float, b: float, tol: float = TOLERANCE) -> bool:
+    """Whether two readings of one computation agree: |a/b - 1| <= tol."""
+    return abs(a / b - 1.0) <= tol
+
+
+def interleaved(plain_fn, method_fn, rounds: int, sync, inner: int = 1) -> tuple[list[float], list[float]]:
+    """(plain times, method times), one of each per round, after one warm-up call of
+    each. The order alternates (plain first in even rounds, the method first in odd
+    ones), so whatever favours the first or the second call of a round (caches, a
+    load that builds up) does not lean on one side of the ratio. A reading is the
+    fastest of ``inner`` consecutive calls: on a shared machine other processes only
+    ever add time, so the minimum is the least disturbed reading."""
+    plain_fn(), method_fn()
+    sync()
+    plain, method = [], []
+    for r in range(rounds):
+        if r % 2 == 0:
+            plain.append(min(_time_once(plain_fn, sync) for _ in range(inner)))
+            method.append(min(_time_once(method_fn, sync) for _ in range(inner)))
+        else:
+            method.append(min(_time_once(method_fn, sync) for _ in range(inner)))
+            plain.append(min(_time_once(plain_fn, sync) for _ in range(inner)))
+    return plain, method
+
+
+# ---------------------------------------------------------------- memory and FLOPs
+def _rss_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _release_memory() -> None:
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed heap pages back to the system
+    except (OSError, AttributeError):
+        pass
+
+
+def peak_step_memory_mb(build_and_step, device: str) -> float | None:
+    """Peak memory of ``build_and_step()`` (which builds a model and runs its steps)
+    above what the process held before it; None where it cannot be read."""
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        build_and_step()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    _release_memory()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    except OSError:
+        return None
+    before = _rss_kb("VmRSS")
+    build_and_step()
+    peak = _rss_kb("VmHWM")
+    _release_memory()
+    return None if before is None or peak is None else (peak - before) / 1024
+
+
+def step_flops(step) -> float:
+    """Model FLOPs of one call of ``step`` (forward + backward), by torch's counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return float(counter.get_total_flops())
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    from engine.records import _cpu_model
+
+    return _cpu_model()
+
+
+def device_slug(device: str) -> str:
+    return "cpu" if device != "cuda" else re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
+
+
+# ---------------------------------------------------------------- training steps
+def _plain(arch, img, patch, device):
     from methods.backbone import build_encoder
 
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    return build_encoder(arch, img_size=img, patch_size=patch, pos_embed="learn",
+                         num_classes=1000).to(device)
+
+
+def _method(name, arch, img, patch, pairs, device):
+    from methods import build_method
+
+    cfg = dict(encoder=dict(arch=arch, img_size=img, patch_size=patch))
+    if name.startswith("part"):
+        cfg["num_pairs"] = pairs
+    return build_method(name, **cfg).to(device)
+
+
+def _plain_step(model, images, labels):
+    def step():
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(images), labels).backward()
+    return step
+
+
+def _method_step(model, images):
+    def step():
+        model.zero_grad(set_to_none=True)
+        model(images)["loss"].backward()
+    return step
+
+
+def bench_steps(arch: str, img: int, patch: int, batch: int, pairs: int, repeats: int,
+                device: str, methods: list[str], inner: int = 1):
+    """Yields one row per method as it is measured (``plain ViT`` against itself first): median step time,
+    median per-round ratio against the plain step and its quartiles; on a GPU the
+    step's FLOPs and MFU."""
+    from engine.throughput import device_peak_flops
+
+    sync = _sync(device)
     images = torch.randn(batch, 3, img, img, device=device)
     labels = torch.randint(0, 1000, (batch,), device=device)
-    plain = build_encoder(arch, img_size=img, patch_size=patch, pos_embed="learn",
-                          num_classes=1000).to(device)
+    plain = _plain(arch, img, patch, device)
+    plain_step = _plain_step(plain, images, labels)
+    peak = device_peak_flops(device_name(device)) if device == "cuda" else None
+    rows = []
+    for name in ["plain ViT", *methods]:
+        if name == "plain ViT":  # the same computation on both sides: the noise floor
+            model, step = None, plain_step
+        else:
+            model = _method(name, arch, img, patch, pairs, device)
+            step = _method_step(model, images)
+        pt, mt = interleaved(plain_step, step, repeats, sync, inner)
+        med, q1, q3 = ratio_summary(round_ratios(pt, mt))
+        row = dict(name=name, seconds=statistics.median(mt), ratio=med, q1=q1, q3=q3,
+                   plain_seconds=statistics.median(pt), samples_per_second=batch / statistics.median(mt),
+                   flops=None, mfu=None)
+        if device == "cuda":
+            row["flops"] = step_flops(step)
+            if peak:
+                row["mfu"] = row["flops"] / row["seconds"] / peak
+        del model, step
+        yield row
 
-    def plain_step():
-        plain.zero_grad(set_to_none=True)
-        F.cross_entropy(plain(images), labels).backward()
 
-    base = _median_time(plain_step, repeats, sync)
-    rows = [("plain ViT", base, 1.0)]
-    enc = dict(arch=arch, img_size=img, patch_size=patch)
-    for name in methods:
-        cfg = dict(encoder=enc)
-        if name.startswith("part"):
-            cfg["num_pairs"] = pairs
-        model = build_method(name, **cfg).to(device)
+def identity_checks(rows: list[dict]) -> list[tuple[str, float, bool]]:
+    """(what, reading, agrees) for the computations that are the same: the plain step
+    against itself (ratio 1), and mp3 against mp3-nope (one pretraining)."""
+    by = {r["name"]: r["ratio"] for r in rows}
+    out = []
+    if "plain ViT" in by:
+        out.append(("plain ViT vs itself", by["plain ViT"], same_within(by["plain ViT"], 1.0)))
+    if "mp3" in by and "mp3-nope" in by:
+        out.append(("mp3 vs mp3-nope", by["mp3"] / by["mp3-nope"], same_within(by["mp3"], by["mp3-nope"])))
+    return out
 
-        def step():
-            model.zero_grad(set_to_none=True)
-            model(images)["loss"].backward()
 
-        t = _median_time(step, repeats, sync)
-        rows.append((name, t, t / base))
-        del model
-    return rows
+def bench_memory(arch, img, patch, batch, pairs, device, methods):
+    """Yields (name, peak MB of building the model and two steps) for the plain ViT and
+    each method, on the same batch."""
+    images = torch.randn(batch, 3, img, img, device=device)
+    labels = torch.randint(0, 1000, (batch,), device=device)
+    for name in ["plain ViT", *methods]:
+        def run():
+            if name == "plain ViT":
+                step = _plain_step(_plain(arch, img, patch, device), images, labels)
+            else:
+                step = _method_step(_method(name, arch, img, patch, pairs, device), images)
+            step()
+            step()
+        yield name, peak_step_memory_mb(run, device)
+
+
+def bench_pairs(arch, img_sizes, patch, batch, pairs_list, repeats, device, method="part", inner=1):
+    """PART's step against the plain one, per (image size, pairs): yields rows of
+    image size, pairs, seconds, median ratio and its quartiles, as they are measured."""
+    sync = _sync(device)
+    for img in img_sizes:
+        images = torch.randn(batch, 3, img, img, device=device)
+        labels = torch.randint(0, 1000, (batch,), device=device)
+        plain = _plain(arch, img, patch, device)
+        plain_step = _plain_step(plain, images, labels)
+        for pairs in pairs_list:
+            model = _method(method, arch, img, patch, pairs, device)
+            step = _method_step(model, images)
+            pt, mt = interleaved(plain_step, step, repeats, sync, inner)
+            med, q1, q3 = ratio_summary(round_ratios(pt, mt))
+            del model, step
+            yield dict(img=img, pairs=pairs, seconds=statistics.median(mt), ratio=med, q1=q1, q3=q3)
+        del plain, plain_step
+
+
+def pairs_growth(rows, at: int = 2048) -> list[tuple[int, int, float, float]]:
+    """(img, pairs, step growth, pair growth pairs/at) for pairs beyond ``at``; the step
+    growth is the ratio to the plain step at ``pairs`` over the one at ``at`` (each taken
+    against its own rounds' plain step, so a load that changed between rows cancels).
+    Linear or better when the first is at most the second."""
+    out = []
+    for img in sorted({r["img"] for r in rows}):
+        by = {r["pairs"]: r["ratio"] for r in rows if r["img"] == img}
+        if at not in by:
+            continue
+        out += [(img, p, by[p] / by[at], p / at) for p in sorted(by) if p > at]
+    return out
+
+
+# ---------------------------------------------------------------- data pipeline
+def bench_data(task: str, preset: str, device: str, method: str = "part", batches: int = 12,
+               cache=None) -> dict:
+    """The pretraining pipeline of ``task`` (decode + augment + sampling, through a
+    DataLoader with the preset's workers and batch) against ``method``'s pretraining
+    step (forward, backward, AdamW) at that batch, in samples/s."""
+    from torch.utils.data import DataLoader
+
+    from benchmarks.run import default_cache, make_plan
+    from methods import build_method, method_entry
+    from tasks import build_task
+
+    plan = make_plan(method, task, preset=preset)
+    task_obj = build_task(plan, cache or default_cache())
+    task_obj.prepare_data(lambda *_: None)
+    views = method_entry(plan.method.name).cls.pretrain_views(**plan.method.config)
+    dataset = task_obj.pretrain_dataset(views)
+    batch, workers = plan.pretrain_batch(), plan.loader.num_workers
+    loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
+                        drop_last=len(dataset) >= batch)
+    n = min(batches, len(loader))
+    it = iter(loader)
+    t_start = time.perf_counter()
+    first = next(it)
+    t_first = time.perf_counter()  # worker start-up and the first batch, reported apart
+    samples, t0 = 0, time.perf_counter()
+    for _ in range(n - 1):
+        b = next(it)
+        samples += _batch_len(b)
+    t_data = time.perf_counter() - t0
+    del it, loader
+    data_sps = samples / t_data if samples else _batch_len(first) / (t_first - t_start)
+
+    model = build_method(plan.method.name, encoder=plan.encoder.as_kwargs(),
+                         **plan.method.config).to(device)
+    optim = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    inputs = _to(first["inputs"], device)
+
+    def step():
+        optim.zero_grad(set_to_none=True)
+        model(inputs)["loss"].backward()
+        optim.step()
+
+    t_step = _median_time(step, 3, _sync(device))
+    step_sps = _batch_len(first) / t_step
+    return dict(task=task, batch=batch, workers=workers, data_sps=data_sps, step_sps=step_sps,
+                startup_s=t_first - t_start, bound="data" if data_sps < step_sps else "step")
+
+
+def _batch_len(batch) -> int:
+    from engine.throughput import count_samples
+
+    return count_samples(batch)
+
+
+def _to(x, device):
+    if torch.is_tensor(x):
+        return x.to(device)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to(v, device) for v in x)
+    return x
 
 
 def bench_extraction(batch: int, img: int, patch: int, num: int, repeats: int, device: str):
@@ -125,13 +422,34 @@ def bench_detector(preset: str, repeats: int, device: str, cache=None) -> tuple[
     return _median_time(step, repeats, sync), bs, det
 
 
+SECTIONS = ("steps", "memory", "pairs", "data", "extraction")
+DATA_TASKS = ("cifar100", "imagenet", "coco", "eeg")
+
+
+def _ratio(r) -> str:
+    return f"x{r['ratio']:.2f} [{r['q1']:.2f}-{r['q3']:.2f}]"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.speed")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=7, help="interleaved rounds per row")
+    p.add_argument("--inner", type=int, default=2,
+                   help="calls per reading; a reading is the fastest of them")
     p.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test")
     p.add_argument("--methods", nargs="+", default=None,
                    help="methods to time (default: every registered method that pretrains)")
+    p.add_argument("--only", nargs="+", choices=SECTIONS, default=None,
+                   help="sections to run (default: all)")
+    p.add_argument("--settings", nargs="+", default=None, metavar="ARCH:IMG:PATCH:BATCH:PAIRS",
+                   help="step/memory settings (default vit_small:224:16:8:2048 vit_base:224:16:2:4802)")
+    p.add_argument("--pairs", nargs="+", type=int, default=[512, 1024, 2048, 4096, 8192])
+    p.add_argument("--pairs-setting", default=None, metavar="ARCH:PATCH:BATCH",
+                   help="model of the pairs section (default vit_small:16:2)")
+    p.add_argument("--sizes", nargs="+", type=int, default=None, help="image sizes of the pairs section")
+    p.add_argument("--tasks", nargs="+", default=list(DATA_TASKS), help="tasks of the data section")
+    p.add_argument("--out", default=None, help="Markdown table (default results/speed/<device>.md)")
+    p.add_argument("--no-write", action="store_true", help="print only")
     p.add_argument("--detector", action="store_true",
                    help="only time the preset's COCO detector training iteration")
     p.add_argument("--preset", default="tiny", help="preset whose detector --detector times")
@@ -144,22 +462,125 @@ def main(argv=None) -> int:
         return 0
     from methods import METHODS
 
-    methods = args.methods or [n for n, (cls, _) in METHODS.items() if cls.pretrains]
-    print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    if args.quick:
+    methods = args.methods or [n for n, e in METHODS.items() if e.cls.pretrains]
+    sections = args.only or SECTIONS
+    if args.settings:
+        settings = [(a, int(i), int(pt), int(b), int(pr)) for a, i, pt, b, pr in
+                    (x.split(":") for x in args.settings)]
+    elif args.quick:
         settings = [("vit_micro", 32, 4, 8, 512)]
     else:
         settings = [("vit_small", 224, 16, 8, 2048), ("vit_base", 224, 16, 2, 4802)]
-    for arch, img, patch, batch, pairs in settings:
-        print(f"\n{arch} at {img}, patch {patch}, batch {batch}, {pairs} pairs (forward+backward)")
-        for name, t, ratio in bench_steps(arch, img, patch, batch, pairs, args.repeats,
-                                          args.device, methods):
-            print(f"  {name:>20s}: {t * 1000:8.1f} ms   x{ratio:.2f} of plain ViT")
-    img, patch = (32, 4) if args.quick else (224, 16)
-    t_b, t_l = bench_extraction(8, img, patch, (img // patch) ** 2, args.repeats, args.device)
-    print(f"\nextraction, batch 8, {(img // patch) ** 2} patches of {patch}x{patch} at {img}:")
-    print(f"  batched {t_b * 1000:.2f} ms, per-patch loop {t_l * 1000:.1f} ms: "
-          f"batched is {t_l / t_b:.0f}x faster")
+    pa, pp, pb = ((args.pairs_setting or ("vit_micro:4:4" if args.quick else "vit_small:16:2"))
+                  .split(":"))
+    sizes = args.sizes or ([32, 64] if args.quick else [112, 224])
+    load0 = os.getloadavg()[0]
+    lines = []
+
+    def out(line: str = "") -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    out(f"# Speed: {device_name(args.device)}")
+    out()
+    import shlex
+    import sys
+
+    given = sys.argv[1:] if argv is None else list(argv)
+    out(f"`{' '.join(['python -m benchmarks.speed', *map(shlex.quote, given)])}`: torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {args.repeats} interleaved rounds "
+        f"per row, each reading the fastest of {args.inner} calls; load average {load0:.2f} at the start.")
+    if "steps" in sections:
+        for arch, img, patch, batch, pairs in settings:
+            out()
+            out(f"## Training step: {arch} at {img}, patch {patch}, batch {batch}, {pairs} pairs")
+            out()
+            out("Ratio: median of the per-round ratios to the plain step of the same round "
+                "[first-third quartile].")
+            out()
+            out("| method | ms per step | samples/s | vs plain ViT | GFLOPs/step | MFU |")
+            out("|---|---:|---:|---:|---:|---:|")
+            rows = []
+            for r in bench_steps(arch, img, patch, batch, pairs, args.repeats, args.device, methods,
+                                 args.inner):
+                rows.append(r)
+                gf = "-" if r["flops"] is None else f"{r['flops'] / 1e9:.1f}"
+                mfu = ("n/a (CPU)" if args.device != "cuda" else
+                       "unknown device" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%")
+                out(f"| {r['name']} | {r['seconds'] * 1000:.1f} | {r['samples_per_second']:.1f} | "
+                    f"{_ratio(r)} | {gf} | {mfu} |")
+            out()
+            for what, value, ok in identity_checks(rows):
+                out(f"- identical computations, {what}: x{value:.3f} "
+                    f"({'within' if ok else 'NOT within'} {TOLERANCE:.0%})")
+    if "memory" in sections:
+        for arch, img, patch, batch, pairs in settings:
+            out()
+            out(f"## Peak memory of one step: {arch} at {img}, batch {batch}, {pairs} pairs")
+            out()
+            out("Model, gradients and activations: the peak above what the process held "
+                "before the model was built.")
+            out()
+            out("| method | peak MB | vs plain ViT |")
+            out("|---|---:|---:|")
+            base = None
+            for name, mb in bench_memory(arch, img, patch, batch, pairs, args.device, methods):
+                base = mb if base is None else base
+                rel = "-" if mb is None or not base else f"{100 * (mb / base - 1):+.0f}%"
+                out(f"| {name} | {'n/a' if mb is None else f'{mb:.0f}'} | {rel} |")
+    if "pairs" in sections:
+        out()
+        out(f"## PART's step by pairs and image size: {pa}, patch {pp}, batch {pb}")
+        out()
+        out("| image | pairs | ms per step | vs plain ViT |")
+        out("|---:|---:|---:|---:|")
+        rows = []
+        for r in bench_pairs(pa, sizes, int(pp), int(pb), args.pairs, args.repeats, args.device,
+                                 inner=args.inner):
+            rows.append(r)
+            out(f"| {r['img']} | {r['pairs']} | {r['seconds'] * 1000:.1f} | {_ratio(r)} |")
+        growth = pairs_growth(rows)
+        if growth:
+            out()
+            out("Growth beyond 2048 pairs (linear or better when the step grows by at most the "
+                "pair factor): " + "; ".join(
+                    f"{img} px, {p} pairs: step x{g:.2f} for pairs x{f:.0f} "
+                    f"({'ok' if g <= f else 'SUPERLINEAR'})" for img, p, g, f in growth))
+    if "data" in sections:
+        out()
+        out(f"## Data pipeline vs training step (preset {args.preset}, PART pretraining)")
+        out()
+        out("Pipeline: a DataLoader over the task's pretraining data with the preset's workers "
+            "and batch (decode + augment + sampling; start-up and first batch apart). Step: "
+            "forward, backward and AdamW at that batch.")
+        out()
+        out("| task | batch | workers | pipeline samples/s | step samples/s | pipeline / step "
+            "| first batch s | bounds the run |")
+        out("|---|---:|---:|---:|---:|---:|---:|---|")
+        for task in args.tasks:
+            try:
+                d = bench_data(task, args.preset, args.device)
+            except Exception as exc:  # noqa: BLE001 - one task's failure is a table row
+                out(f"| {task} | - | - | - | - | - | - | failed: {type(exc).__name__}: {exc} |")
+                continue
+            out(f"| {task} | {d['batch']} | {d['workers']} | {d['data_sps']:.0f} | "
+                f"{d['step_sps']:.0f} | x{d['data_sps'] / d['step_sps']:.1f} | "
+                f"{d['startup_s']:.2f} | {d['bound']} |")
+    if "extraction" in sections:
+        img, patch = (32, 4) if args.quick else (224, 16)
+        t_b, t_l = bench_extraction(8, img, patch, (img // patch) ** 2, args.repeats, args.device)
+        out()
+        out(f"## Patch extraction, batch 8, {(img // patch) ** 2} patches of {patch}x{patch} at {img}")
+        out()
+        out(f"batched {t_b * 1000:.2f} ms, per-patch loop {t_l * 1000:.1f} ms: "
+            f"batched is {t_l / t_b:.0f}x faster")
+    out()
+    out(f"Load average {os.getloadavg()[0]:.2f} at the end.")
+    if not args.no_write:
+        path = Path(args.out) if args.out else REPO / "results" / "speed" / f"{device_slug(args.device)}.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n")
+        print(f"\nwritten: {path}")
     return 0
 
 
