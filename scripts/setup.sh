@@ -63,6 +63,9 @@ else
         # keep the optimisation and the ops as they were; without DWARF for torch's
         # headers in every translation unit the compiler and assembler do less work and
         # the objects are a fraction of the size. -s strips the linked library as well.
+        # Measured on one op here (cpu/roi_align.cpp, 1 of 77 translation units, under
+        # load): 38 s -> 20 s of compiler CPU time, object 4.6 MB -> 0.09 MB; the
+        # library of a build with debug information is 82 MB, 2.0 MB without it.
         NODEBUG="$("$VENV/bin/python" -c \
             'import sysconfig; print(" ".join(f for f in (sysconfig.get_config_var("CFLAGS") or "").split() if not f.startswith("-g")))') -g0"
         (
