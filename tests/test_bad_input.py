@@ -3,7 +3,8 @@ traceback only with ``--debug``), and no earlier result or cached checkpoint tou
 
 Each case runs ``benchmarks.run``'s command line in its own process. Starting a fresh
 interpreter costs ~10 s of imports here (torch, mmengine, timm), so most cases run in a
-child forked from this already-importing test process, executing the module exactly
+child forked from a forkserver that imported the suite once (never this test process,
+whose OpenMP threads a fork could deadlock), executing the module exactly
 as ``python -m benchmarks.run ARGS`` does (``runpy`` as ``__main__``, exit status from
 ``SystemExit``, an escaping exception printed as a traceback with status 1). Two cases
 (:func:`test_real_interpreter`) start a real ``python -m benchmarks.run``.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import pickle
 import runpy
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-import benchmarks.run  # noqa: F401  (imported once here; forked children reuse it)
+import benchmarks.run  # noqa: F401
 import engine.runner  # noqa: F401
 import tasks  # noqa: F401
 
@@ -36,39 +38,48 @@ TINY_CIFAR = [f"{CIFAR}.data.embedded.num_train=64", f"{CIFAR}.data.embedded.num
               f"{CIFAR}.loader.num_workers=0"]
 
 
-def _forked(args: list[str], tmp: Path) -> tuple[int, str, str]:
-    """``python -m benchmarks.run ARGS`` in a forked child: (status, stdout, stderr)."""
-    out, err = tmp / "stdout.txt", tmp / "stderr.txt"
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 1
+def _run_cli_child(args: list[str], out: str, err: str) -> None:
+    """The child: stdout/stderr to files, then ``benchmarks.run`` as a fresh __main__."""
+    code = 1
+    try:
+        for fd, path in ((1, out), (2, err)):
+            f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(f, fd)
+            os.close(f)
+        sys.stdout = open(1, "w", closefd=False, buffering=1)
+        sys.stderr = open(2, "w", closefd=False, buffering=1)
+        sys.argv = ["benchmarks.run", *args]
+        multiprocessing.set_start_method("fork", force=True)  # as in a fresh interpreter
+        sys.modules.pop("benchmarks.run", None)  # run as a fresh __main__, as python -m does
         try:
-            for fd, path in ((1, out), (2, err)):
-                f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-                os.dup2(f, fd)
-                os.close(f)
-            sys.stdout = open(1, "w", closefd=False, buffering=1)
-            sys.stderr = open(2, "w", closefd=False, buffering=1)
-            sys.argv = ["benchmarks.run", *args]
-            sys.modules.pop("benchmarks.run", None)  # run as a fresh __main__, as python -m does
-            try:
-                runpy.run_module("benchmarks.run", run_name="__main__", alter_sys=True)
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            except BaseException:
-                traceback.print_exc()
-                code = 1
+            runpy.run_module("benchmarks.run", run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
         finally:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            finally:
-                os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), out.read_text(), err.read_text()
+            os._exit(code)
+
+
+# Children fork from a server that imported the suite but never ran a torch op: forking
+# the pytest process itself after other tests used torch's OpenMP pool can deadlock.
+_FORKSERVER = multiprocessing.get_context("forkserver")
+_FORKSERVER.set_forkserver_preload(["benchmarks.run", "engine.runner", "tasks"])
+
+
+def _forked(args: list[str], tmp: Path) -> tuple[int, str, str]:
+    """``python -m benchmarks.run ARGS`` in a child process: (status, stdout, stderr)."""
+    out, err = tmp / "stdout.txt", tmp / "stderr.txt"
+    child = _FORKSERVER.Process(target=_run_cli_child, args=(list(args), str(out), str(err)))
+    child.start()
+    child.join()
+    return child.exitcode, out.read_text(), err.read_text()
 
 
 def _tree_hashes(*folders: Path) -> dict[str, str]:
