@@ -46,8 +46,13 @@ def _floats(metrics: dict) -> dict:
 def reference(tmp_path_factory):
     """The uninterrupted run (in this process: same seed, same single thread)."""
     tmp = tmp_path_factory.mktemp("reference")
-    rec = run_cell("part", "cifar100", cache=tmp / "cache", out=tmp / "runs", cfg_options=OPTS,
-                   log=lambda *_: None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the killed runs (OMP_NUM_THREADS=1): same reduction order
+    try:
+        rec = run_cell("part", "cifar100", cache=tmp / "cache", out=tmp / "runs",
+                       cfg_options=OPTS, log=lambda *_: None)
+    finally:
+        torch.set_num_threads(threads)
     encoder = torch.load(Path(rec["pretrained_checkpoint"]) / "encoder.pth", weights_only=True)
     return rec, encoder["state_dict"]
 
