@@ -1,5 +1,6 @@
 """Surviving faults: SIGKILL mid-epoch and mid-checkpoint-write, SIGTERM, failed runs,
 a full disk, two runs sharing a cache, and the provenance that reproduces a record."""
+import contextlib
 import errno
 import json
 import os
@@ -42,17 +43,25 @@ def _floats(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, float)}
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """In-process runs train on one thread, as the killed runs (OMP_NUM_THREADS=1): the
+    same reduction order, so bit-equality does not depend on the test process's threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The uninterrupted run (in this process: same seed, same single thread)."""
     tmp = tmp_path_factory.mktemp("reference")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the killed runs (OMP_NUM_THREADS=1): same reduction order
-    try:
+    with _one_thread():
         rec = run_cell("part", "cifar100", cache=tmp / "cache", out=tmp / "runs",
                        cfg_options=OPTS, log=lambda *_: None)
-    finally:
-        torch.set_num_threads(threads)
     encoder = torch.load(Path(rec["pretrained_checkpoint"]) / "encoder.pth", weights_only=True)
     return rec, encoder["state_dict"]
 
@@ -102,8 +111,9 @@ def test_sigterm_saves_this_step_and_the_rerun_resumes_mid_epoch(tmp_path, refer
     assert "Traceback" not in res.stderr
     (work,) = (tmp_path / "cache" / "pretrain").glob("*/work")
     assert Path((work / "last_checkpoint").read_text().strip()).name == "iter_6.pth"
-    rec = run_cell("part", "cifar100", cache=tmp_path / "cache", out=tmp_path / "runs",
-                   cfg_options=OPTS, log=print)
+    with _one_thread():
+        rec = run_cell("part", "cifar100", cache=tmp_path / "cache", out=tmp_path / "runs",
+                       cfg_options=OPTS, log=print)
     out = capsys.readouterr().out
     assert "iter_6.pth (iteration 6, epoch 2, batch 3)" in out, out[-3000:]
     assert _floats(rec["metrics"]) == _floats(ref["metrics"])

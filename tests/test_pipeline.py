@@ -182,37 +182,6 @@ def test_paper_preset_resolves_and_builds_its_models(tmp_path):
         del model
 
 
-def _cli(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "benchmarks.run", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
-
-
-@pytest.mark.parametrize("args, expected", [
-    (["--method", "nope", "--task", "cifar100"], "error: unknown method 'nope'"),
-    (["--method", "part", "--task", "nope"], "error: unknown task 'nope'"),
-    (["--method", "part", "--task", "cifar100", "--preset", "nope"], "error: unknown preset 'nope'"),
-    (["--method", "part", "--task", "cifar100", "--data-root", "/nonexistent/cifar"],
-     "error: CIFAR-100 root /nonexistent/cifar"),
-])
-def test_cli_bad_input_is_one_clear_line(args, expected, tmp_path):
-    res = _cli(*args, "--cache", str(tmp_path), "--out", str(tmp_path / "runs"))
-    assert res.returncode == 2
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(expected), res.stderr
-    assert "Traceback" not in res.stderr + res.stdout
-
-
-def test_cli_cifar_folder_in_wrong_layout(tmp_path):
-    root = tmp_path / "cifar"
-    (root / "cifar-100-python").mkdir(parents=True)
-    (root / "cifar-100-python" / "train").write_bytes(b"garbage")
-    res = _cli("--method", "part", "--task", "cifar100", "--data-root", str(root),
-               "--cache", str(tmp_path), "--out", str(tmp_path / "runs"))
-    assert res.returncode == 2
-    assert len(res.stderr.strip().splitlines()) == 1 and "cifar-100-python" in res.stderr
-    assert "Traceback" not in res.stderr
-
-
 def test_finetuning_starts_from_the_pretrained_weights(tmp_path):
     """The Runner must not re-initialise a loaded encoder: with lr 0 the weights after
     training are exactly the checkpoint's."""
