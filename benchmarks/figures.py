@@ -194,12 +194,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from benchmarks.run import pretrained_method
-    from engine.cli import configure_logging, report_user_error, user_errors
+    from engine.cli import run_command
     from engine.records import results_dir
 
-    configure_logging()
-
-    try:
+    def body():
         for name in args.method:
             # the held-out images of the pretext task on args.task's data
             method, task = pretrained_method(name, "pretext", preset=args.preset, seed=args.seed,
@@ -213,11 +211,8 @@ def main(argv=None) -> int:
                   "  ".join(f"{k}={v if not isinstance(v, list) else [round(x, 1) for x in v]}"
                             if not isinstance(v, float) else f"{k}={v:.3f}"
                             for k, v in summary.items()))
-    except user_errors() as exc:
-        if args.debug:
-            raise
-        return report_user_error(exc)
-    return 0
+
+    return run_command(body, args.debug)
 
 
 if __name__ == "__main__":

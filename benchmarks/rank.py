@@ -57,21 +57,18 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print every cell's plan, run nothing")
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     args = p.parse_args(argv)
-    from engine.cli import configure_logging, report_user_error, user_errors
+    from engine.cli import run_command
 
-    configure_logging()
-    table = rank_table(args.task)
-    name = "rank" if args.task == "cifar100" else f"rank_{args.task}"
-    try:
+    def body():
+        table = rank_table(args.task)
+        name = "rank" if args.task == "cifar100" else f"rank_{args.task}"
         if args.dry_run:
             dry_run_table(name, args.preset, args.seeds, args.data_root, args.cache, table=table)
-            return 0
-        fill(name, args.preset, args.seeds, not args.no_run, args.data_root, args.cache, table=table)
-    except user_errors() as exc:
-        if args.debug:
-            raise
-        return report_user_error(exc)
-    return 0
+        else:
+            fill(name, args.preset, args.seeds, not args.no_run, args.data_root, args.cache,
+                 table=table)
+
+    return run_command(body, args.debug)
 
 
 if __name__ == "__main__":

@@ -521,25 +521,21 @@ def main(argv=None) -> int:
     p.add_argument("--world-size", type=int, default=None, help="with --dry-run")
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     args = p.parse_args(argv)
-    from engine.cli import configure_logging, report_user_error, user_errors
-
-    configure_logging()
+    from engine.cli import run_command
 
     if args.table not in TABLES:
         print(f"error: unknown table {args.table!r}; expected one of: {', '.join(TABLES)}",
               file=sys.stderr)
         return 2
-    try:
+
+    def body():
         if args.dry_run:
             dry_run_table(args.table, args.preset, args.seeds, args.data_root, args.cache,
                           args.world_size)
-            return 0
-        fill(args.table, args.preset, args.seeds, not args.no_run, args.data_root, args.cache)
-    except user_errors() as exc:
-        if args.debug:
-            raise
-        return report_user_error(exc)
-    return 0
+        else:
+            fill(args.table, args.preset, args.seeds, not args.no_run, args.data_root, args.cache)
+
+    return run_command(body, args.debug)
 
 
 if __name__ == "__main__":

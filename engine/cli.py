@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-__all__ = ["configure_logging", "user_errors", "report_user_error"]
+__all__ = ["configure_logging", "user_errors", "report_user_error", "run_command"]
 
 
 def configure_logging() -> None:
@@ -37,3 +37,15 @@ def report_user_error(exc: BaseException) -> int:
         msg = last.split(": ", 1)[1] if ": " in last else last
     print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)
     return 2
+
+
+def run_command(body, debug: bool = False) -> int:
+    """A command's body with logging set up and user errors as one line; its exit status
+    (``body``'s return value, 0 when it returns None)."""
+    configure_logging()
+    try:
+        return body() or 0
+    except user_errors() as exc:
+        if debug:
+            raise
+        return report_user_error(exc)
