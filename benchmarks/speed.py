@@ -224,7 +224,6 @@ def bench_steps(arch: str, img: int, patch: int, batch: int, pairs: int, repeats
     plain = _plain(arch, img, patch, device)
     plain_step = _plain_step(plain, images, labels)
     peak = device_peak_flops(device_name(device)) if device == "cuda" else None
-    rows = []
     for name in ["plain ViT", *methods]:
         if name == "plain ViT":  # the same computation on both sides: the noise floor
             model, step = None, plain_step

@@ -558,7 +558,6 @@ def resolve_plan(cfg: dict, method: str, task: str, *, seed: int = 0, world_size
         src_name = (cli_tasks.get(task) or {}).get("source") or own.get("source") or "cifar100"
         if task_kind(src_name, tasks_cfg) != "classification":
             raise ConfigError(f"tasks.{task}.source must be a classification task, got {src_name!r}")
-    src_kind = task_kind(src_name, tasks_cfg)
 
     layers = Layers()
 

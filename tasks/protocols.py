@@ -34,7 +34,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -48,6 +47,7 @@ import torch.nn.functional as F
 import torch.utils.data as tud
 from sklearn.metrics import accuracy_score
 
+from engine.atomic import atomic_torch_save
 from engine.plan import _Schedule, iters_per_epoch, stable_hash
 from engine.runner import SuiteModel, build_runner
 
@@ -148,19 +148,6 @@ def feature_cache_key(**parts) -> str:
     return "__".join(["feat", *readable, stable_hash(parts, n=16)])
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def cached_features(cache_dir: str | Path | None, key: str, compute_fn: Callable[[], object]):
     """``compute_fn()``'s result (tensors, or tuples/dicts of tensors), kept in
     ``cache_dir/<key>.pt``: read when the file exists, else computed and written
@@ -174,7 +161,7 @@ def cached_features(cache_dir: str | Path | None, key: str, compute_fn: Callable
     if path.is_file():
         return torch.load(path, map_location="cpu", weights_only=True)
     value = compute_fn()
-    _atomic_torch_save(value, path)
+    atomic_torch_save(value, path)
     return value
 
 

@@ -46,6 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.atomic import atomic_write_bytes
+
 from .synthetic import (
     _GROUND_BOTTOM,
     _GROUND_HORIZON,
@@ -54,7 +56,6 @@ from .synthetic import (
     _SKY_TOP,
     COLOUR_FAMILIES,
     SHAPE_NAMES,
-    _atomic_write_bytes,
     _check_num_classes,
     _ensure,
     _hsv_to_rgb,
@@ -281,7 +282,7 @@ def write_coco(root, num_train: int, num_val: int, size: int = 128, num_classes:
         blob = dict(info=dict(description=f"part-bench synthetic detection scenes ({split})",
                               version=str(DETECTION_GENERATOR_VERSION)),
                     licenses=[], images=image_entries, annotations=anns, categories=categories)
-        _atomic_write_bytes(root / "annotations" / f"instances_{split}2017.json",
+        atomic_write_bytes(root / "annotations" / f"instances_{split}2017.json",
                             json.dumps(blob).encode())
     return root
 

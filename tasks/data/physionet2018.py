@@ -101,6 +101,8 @@ import numpy as np
 import torch
 import torch.utils.data
 
+from engine.atomic import atomic_write_json
+
 __all__ = [
     "EEG_CHANNELS",
     "STAGES",
@@ -369,18 +371,12 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
 
 
-def _atomic_json(path: Path, obj) -> None:
-    tmp = _tmp_name(path)
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 def _build_record(name: str, record_dir: Path, folder: str, out: Path, prep: EEGPreprocessing,
                   signature: dict) -> dict:
     """Worker: read, preprocess and write one record; returns its meta dict."""
     def skip(reason: str) -> dict:
         meta = {"source": signature, "skip": reason}
-        _atomic_json(out / f"{name}.json", meta)
+        atomic_write_json(out / f"{name}.json", meta, indent=1)
         return meta
 
     try:
@@ -426,7 +422,7 @@ def _build_record(name: str, record_dir: Path, folder: str, out: Path, prep: EEG
     info = RecordInfo(name=name, subject=name, folder=folder, labelled=stage is not None,
                       n_windows=int(len(starts_out)), dropped_undefined=int(undef), dropped_partial=int(part))
     meta = {"source": signature, "info": dataclasses.asdict(info)}
-    _atomic_json(out / f"{name}.json", meta)
+    atomic_write_json(out / f"{name}.json", meta, indent=1)
     return meta
 
 
@@ -604,7 +600,7 @@ def build_cache(root, cache_dir, prep: EEGPreprocessing = EEGPreprocessing(), wo
     index = {"prep": {**dataclasses.asdict(prep), "channels": list(prep.channels)},
              "version": CACHE_VERSION, "root": str(root.resolve()),
              "records": [dataclasses.asdict(r) for r in records], "skipped": [list(s) for s in skipped]}
-    _atomic_json(out / "index.json", index)
+    atomic_write_json(out / "index.json", index, indent=1)
     return PhysionetCache(out, prep, records, skipped,
                           built=[t[0] for t in todo], reused=reused)
 

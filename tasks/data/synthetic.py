@@ -37,8 +37,6 @@ import numpy as np
 
 from engine.atomic import atomic_write_bytes
 
-_atomic_write_bytes = atomic_write_bytes  # the COCO generator's name for it
-
 # Bump when the rendered pixels change, so that stale caches are not reused.
 GENERATOR_VERSION = 1
 
