@@ -109,15 +109,16 @@ class CocoTask(Task):
         """Before any pretraining: the layout, both annotation files readable by the
         detector's reader (:func:`check_coco_annotations`) with the same categories
         (labels are indices into that list, so a mismatch would silently mislabel every
-        box); then the pretraining images."""
+        box); then the pretraining images, where the method pretrains."""
         check_coco_root(self.root)
         ann = self.root / "annotations"
         val = check_coco_annotations(self.root, "val")
         if not val:
             raise DataError(f"{ann / 'instances_val2017.json'} lists no categories")
         check_coco_annotations(self.root, "train", classes=val)
-        self._pretrain_split(True, None)
-        self._pretrain_split(False, None)
+        if self.plan.pretrain is not None:  # a method without pretraining reads no ImageNet
+            self._pretrain_split(True, None)
+            self._pretrain_split(False, None)
 
     # pretraining: the images of plan.pretrain_data (ImageNet's format), through the registry
     def _pretrain_split(self, train: bool, transform):
