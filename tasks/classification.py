@@ -19,7 +19,8 @@ the evaluation transform (no augmentation); features are cached under
 ``<cache>/features`` keyed by the checkpoint, the data's identity, the transform and the
 pool. A method without pretraining (``scratch``) is evaluated frozen as a *randomly
 initialised* encoder (seeded by the run's seed; the record's ``frozen_encoder`` says
-so): the floor a pretrained encoder must beat (our choice).
+so): the floor a pretrained encoder must beat (our choice). The flow is
+:class:`tasks.frozen.FrozenProtocols`, shared with the ``eeg`` task.
 
 Every run is checked (:mod:`tasks.protocols` sanity checks): a final training loss still
 at the class-prior level, or an accuracy within noise of the majority-class rate, is
@@ -39,12 +40,11 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 from timm.data import create_transform
 
 from engine.errors import ConfigError
-from engine.plan import (PROTOCOLS, DataPlan, EncoderPlan, FinetunePlan, LoaderPlan, PretrainPlan,
-                         ProtocolPlan, iters_per_epoch, stable_hash, with_step_floor)
+from engine.plan import (DataPlan, EncoderPlan, FinetunePlan, LoaderPlan, PretrainPlan, ProtocolPlan,
+                         iters_per_epoch, with_step_floor)
 from engine.runner import build_runner
 from methods.backbone import build_encoder
 
@@ -52,22 +52,24 @@ from .base import RunnerSamples, Task
 from .checkpoint import load_encoder_weights
 from .classifier import ClassifierModel
 from .data.sources import data_source
+from .frozen import FrozenData, FrozenProtocols
 from .metrics import Top1Accuracy  # noqa: F401  (registers the metric the Runner names)
-from .protocols import (LinearProbePlan, accuracy_warning, class_prior_loss, feature_cache_key,
-                        final_train_loss, loss_warning, majority_rate, probe_encoder)
+from .protocols import LinearProbePlan, class_prior_loss, final_train_loss, loss_warning
 
 __all__ = ["ClassificationTask"]
 
 
-class ClassificationTask(Task):
+class ClassificationTask(FrozenProtocols, Task):
     kind = "classification"
     metric_names = ("acc1",)
     sections = {"data": DataPlan, "encoder": EncoderPlan, "pretrain": PretrainPlan,
                 "finetune": FinetunePlan, "loader": LoaderPlan, "protocol": ProtocolPlan,
                 "probe": LinearProbePlan}
-    #: the metrics of each protocol
-    protocol_metrics = {"finetune": ("acc1",), "knn": ("knn_acc1_cls", "knn_acc1_avg"),
-                        "linear": ("linear_acc1",)}
+    # the protocols' metrics (FrozenProtocols.protocol_metrics): finetune acc1; knn
+    # knn_acc1_cls, knn_acc1_avg; linear linear_acc1
+    finetune_metrics = ("acc1",)
+    finetune_accuracy = "acc1"
+    frozen_scores = ("acc1",)
 
     def __init__(self, plan, cache_root):
         super().__init__(plan, cache_root)
@@ -76,11 +78,7 @@ class ClassificationTask(Task):
             raise ConfigError(f"classification dataset must be cifar100 or imagenet, "
                               f"got {self.dataset!r}")
         self.name = plan.task
-        self.protocol = plan.options["protocol"]
-        if self.protocol.name not in PROTOCOLS:
-            raise ConfigError(f"unknown protocol {self.protocol.name!r} for task {plan.task}; "
-                              f"expected one of: {', '.join(PROTOCOLS)}")
-        self.metric_names = self.protocol_metrics[self.protocol.name]
+        self.init_protocol()
 
     # ---------------------------------------------------------------- data
     def split(self, train: bool, transform=None):
@@ -158,75 +156,19 @@ class ClassificationTask(Task):
         if load_report is not None:
             out["new_keys"] = load_report["missing"]
         prior = class_prior_loss(train_base.targets, num_classes, ft.smoothing)
-        out["warnings"] = self._warnings(
+        out["warnings"] = self.sanity_warnings(
             out, test_base.targets, log,
             loss_warning(final_loss, prior))
         return out
 
-    def _warnings(self, metrics: dict, test_labels, log, *extra) -> list[str]:
-        """The run's sanity warnings (:mod:`tasks.protocols`), each logged on one line."""
-        n, majority = len(test_labels), majority_rate(test_labels)
-        found = [w for w in extra if w]
-        for name in self.metric_names:
-            w = accuracy_warning(name, metrics[name], n, majority)
-            if w:
-                found.append(w)
-        for w in found:
-            log(f"[warning] {self.name}: {w}")
-        return found
-
     # ---------------------------------------------------------------- frozen protocols
-    def frozen_encoder(self, pretrained, log=print):
-        """(encoder, identity for the feature cache, what it is in words): the pretrained
-        encoder exactly as saved (its own position embeddings or none, no head), or for a
-        method without pretraining a randomly initialised one, seeded by the run's seed."""
-        plan = self.plan
-        if pretrained is None:
-            kwargs = {**plan.encoder.as_kwargs(),
-                      "pos_embed": "learn" if plan.finetune.pos_embed else "none"}
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(plan.seed)
-                encoder = build_encoder(**kwargs)
-            what = (f"random initialisation, seed {plan.seed} (method {plan.method.name} does not "
-                    f"pretrain)")
-            log(f"[{self.protocol.name}] frozen encoder: {what}")
-            return encoder, f"random-{stable_hash(kwargs)}-seed{plan.seed}", what
-        path = Path(pretrained) / "encoder.pth"
-        from .checkpoint import read_encoder_state
-
-        has_pos = "pos_embed" in read_encoder_state(path)
-        encoder = build_encoder(**{**plan.encoder.as_kwargs(),
-                                   "pos_embed": "learn" if has_pos else "none"})
-        load_encoder_weights(encoder, path, allowed_new=(), log=log)
-        st = path.stat()
-        return encoder, f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}", f"pretrained {path}"
-
-    def frozen(self, pretrained, work_dir, log=print) -> dict:
+    def frozen_data(self, log=print) -> FrozenData:
+        """Both splits with the evaluation transform; features keyed by the data's
+        identity, the image size and the transform."""
         from .data.fingerprint import data_identity
 
-        plan, proto = self.plan, self.protocol
         _, eval_tf = self.finetune_transforms()
-        train_set, test_set = self.split(True, eval_tf), self.split(False, eval_tf)
-        encoder, ident, what = self.frozen_encoder(pretrained, log)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        encoder.to(device)
-        d = plan.data
-        key = feature_cache_key(checkpoint=ident, data=data_identity(d.dataset, d.root, d.embedded),
-                                img_size=self.img_size, eval_transform=repr(eval_tf))
-        info: dict = {}
-        out = probe_encoder(encoder, train_set, test_set, proto.name, batch_size=proto.batch_size,
-                            device=device, num_workers=plan.loader.num_workers,
-                            k=proto.knn_k, temperature=proto.knn_temperature, work_dir=work_dir,
-                            schedule=with_step_floor(plan.options["probe"], plan.sources, "probe"),
-                            loader=plan.loader, seed=plan.seed,
-                            cache_dir=self.cache_root / "features", cache_key=key, log=log,
-                            info=info)
-        out["frozen_encoder"] = what
-        extra = []
-        if proto.name == "linear":
-            out.update(final_train_loss=info["final_loss"], probe_epochs=info["epochs"],
-                       probe_steps=info["steps"])
-            prior = class_prior_loss(info["train_labels"], info["num_classes"])
-            extra.append(loss_warning(info["final_loss"], prior))
-        out["warnings"] = self._warnings(out, info["test_labels"], log, *extra)
-        return out
+        d = self.plan.data
+        return FrozenData(self.split(True, eval_tf), self.split(False, eval_tf),
+                          dict(data=data_identity(d.dataset, d.root, d.embedded),
+                               img_size=self.img_size, eval_transform=repr(eval_tf)))

@@ -13,14 +13,19 @@ The two protocols here read the pretrained encoder as it is:
 
 Features (:func:`extract_features`) are the encoder's ``forward_features`` output
 (after its final norm): the [CLS] token (``pool="cls"``), the mean of the patch
-tokens (``pool="avg"``), or both concatenated (``pool="cls+avg"``). Images are read
-in the data set's order, in eval mode, without gradients.
+tokens (``pool="avg"``), or both concatenated (``pool="cls+avg"``). Samples (images,
+or the 1D encoder's signal windows) are read in the data set's order, in eval mode,
+without gradients.
 
-:func:`probe_encoder` runs one protocol and returns metrics with fixed names:
+:func:`probe_encoder` runs one protocol and returns metrics with fixed names
+(:func:`frozen_metric_names`), one per score the task asks for (``scores``, names of
+:data:`tasks.metrics.SCORES`: ``acc1`` for image classification, ``kappa`` and ``acc1``
+for sleep staging), all computed by scikit-learn from the predictions:
 
-- ``protocol="knn"``: ``knn_acc1_cls`` and ``knn_acc1_avg`` (top-1 %, one vote per pool);
-- ``protocol="linear"``: ``linear_acc1`` (top-1 %) of a probe on ``[CLS] ‖ mean of patch
-  tokens``. Our choice: PART and MP3 pretrain with losses on the patch tokens only
+- ``protocol="knn"``: ``knn_<score>_cls`` and ``knn_<score>_avg`` (one vote per pool),
+  e.g. ``knn_acc1_cls``, ``knn_kappa_avg``;
+- ``protocol="linear"``: ``linear_<score>`` (``linear_acc1``) of a probe on ``[CLS] ‖ mean
+  of patch tokens``. Our choice: PART and MP3 pretrain with losses on the patch tokens only
   (``methods/part.py`` drops the [CLS] output), so a probe on [CLS] alone would score
   an output their pretraining never trained; the concatenation reads both, alike for
   every method.
@@ -45,17 +50,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.data as tud
-from sklearn.metrics import accuracy_score
 
 from engine.atomic import atomic_torch_save
 from engine.plan import _Schedule, iters_per_epoch, stable_hash
 from engine.runner import SuiteModel, build_runner
 
 from .base import RunnerSamples
-from .metrics import Top1Accuracy
+from .metrics import PredictionScores, check_scores, score_predictions
 
 __all__ = ["POOLS", "KNN_K", "KNN_TEMPERATURE", "LINEAR_POOL", "extract_features", "knn_classify",
            "knn_accuracy", "LinearProbe", "LinearProbePlan", "train_linear_probe", "probe_encoder",
+           "frozen_metric_names", "KNN_POOLS",
            "cached_features", "feature_cache_key", "final_train_loss", "class_prior_loss",
            "majority_rate", "accuracy_interval", "LOSS_PRIOR_FRACTION", "NOISE_CONFIDENCE",
            "loss_warning", "accuracy_warning"]
@@ -66,6 +71,21 @@ KNN_K = 20
 KNN_TEMPERATURE = 0.07
 #: the features the linear probe reads (see the module docstring)
 LINEAR_POOL = "cls+avg"
+#: the features kNN votes on, one vote each
+KNN_POOLS = ("cls", "avg")
+
+
+def frozen_metric_names(protocol: str, scores=("acc1",)) -> tuple[str, ...]:
+    """The metrics :func:`probe_encoder` returns for ``protocol`` and ``scores``:
+    ``knn``: ``knn_<score>_<pool>`` for each pool of :data:`KNN_POOLS`, scores within a
+    pool in their order (``("knn_kappa_cls", "knn_acc1_cls", "knn_kappa_avg", ...)``);
+    ``linear``: ``linear_<score>``."""
+    scores = check_scores(scores)
+    if protocol == "knn":
+        return tuple(f"knn_{s}_{pool}" for pool in KNN_POOLS for s in scores)
+    if protocol == "linear":
+        return tuple(f"linear_{s}" for s in scores)
+    raise ValueError(f"protocol must be 'knn' or 'linear', got {protocol!r}")
 
 
 # ------------------------------------------------------------------------ features
@@ -218,7 +238,7 @@ def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
     """Top-1 accuracy (%) of :func:`knn_classify`, by scikit-learn's ``accuracy_score``."""
     preds = knn_classify(train_feats, train_labels, test_feats, k=k, temperature=temperature,
                          num_classes=num_classes, chunk=chunk)
-    return 100.0 * float(accuracy_score(test_labels.cpu().numpy(), preds.cpu().numpy()))
+    return score_predictions(test_labels.cpu().numpy(), preds.cpu().numpy(), ("acc1",))["acc1"]
 
 
 # ------------------------------------------------------------------------ linear probe
@@ -259,7 +279,7 @@ class LinearProbe(SuiteModel):
     cross-entropy. Weights ~ N(0, 0.01^2), bias 0, as DINO's ``LinearClassifier``
     (eval_linear.py lines 242-244), drawn from a generator seeded with ``seed``.
     Inputs are ``{"inputs": (B, d) features, "data_samples": (B,) labels}``;
-    predictions are the dicts :class:`tasks.metrics.Top1Accuracy` reads."""
+    predictions are the dicts :class:`tasks.metrics.PredictionScores` reads."""
 
     def __init__(self, dim: int, num_classes: int, seed: int = 0):
         super().__init__()
@@ -286,9 +306,10 @@ def _feature_samples(feats: torch.Tensor, labels: torch.Tensor) -> RunnerSamples
 def train_linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
                        test_labels: torch.Tensor, num_classes: int, work_dir: str | Path,
                        schedule: LinearProbePlan | None = None, batch_per_process: int | None = None,
-                       loader=None, seed: int = 0, log=print) -> dict:
-    """Train a :class:`LinearProbe` on cached features and score it: ``{"acc1": %,
-    "final_loss": mean training loss of the last epoch, "epochs", "steps"}``.
+                       loader=None, seed: int = 0, log=print, scores=("acc1",)) -> dict:
+    """Train a :class:`LinearProbe` on cached features and score it: ``{<score>: value
+    for each of scores (default: "acc1", top-1 %), "final_loss": mean training loss of
+    the last epoch, "epochs", "steps"}``.
 
     The features are held in memory as a tensor data set (read every epoch, never
     recomputed) and trained on mmengine's Runner by :func:`engine.runner.build_runner`
@@ -297,11 +318,12 @@ def train_linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, te
     interval (default 50). The loader runs in the main process: the samples are
     already tensors, workers would only add start-up time (our choice). ``work_dir``
     belongs to this probe alone: the Runner resumes from the last checkpoint it finds
-    there. Accuracy is :class:`tasks.metrics.Top1Accuracy` on the test features.
+    there. The scores are :class:`tasks.metrics.PredictionScores` on the test features.
     With ``schedule.min_steps``, epochs are raised so that the probe takes at least
     that many optimizer steps (:meth:`engine.plan._Schedule.epochs_for`).
     """
     schedule = schedule or LinearProbePlan()
+    scores = check_scores(scores)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if batch_per_process is None:
         batch_per_process = schedule.batch_per_process(world)
@@ -326,14 +348,14 @@ def train_linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, te
         model, work_dir, _feature_samples(train_feats, train_labels), schedule=schedule,
         batch_per_process=batch_per_process, loader=loader, seed=seed,
         test_dataset=_feature_samples(test_feats, test_labels),
-        test_evaluator=dict(type=Top1Accuracy.__name__),
+        test_evaluator=dict(type=PredictionScores.__name__, names=list(scores)),
         # the probe has no ``encoder`` for the layer-decay constructor to group
         optim_constructor="DefaultOptimWrapperConstructor",
         # unique: mmengine shares a message hub between Runners of one name and second
         experiment_name=f"linear_probe_{uuid.uuid4().hex[:8]}")
     runner.train()
     metrics = runner.test()
-    return {"acc1": float(metrics["acc1"]), "final_loss": final_train_loss(runner, iters),
+    return {**{s: float(metrics[s]) for s in scores}, "final_loss": final_train_loss(runner, iters),
             "epochs": int(schedule.epochs), "steps": int(schedule.epochs * iters)}
 
 
@@ -465,13 +487,16 @@ def probe_encoder(encoder: nn.Module, train_set, test_set, protocol: str, *, bat
                   k: int = KNN_K, temperature: float = KNN_TEMPERATURE, work_dir: str | Path | None = None,
                   schedule: LinearProbePlan | None = None, batch_per_process: int | None = None,
                   loader=None, seed: int = 0, cache_dir: str | Path | None = None,
-                  cache_key: str | None = None, log=print, info: dict | None = None) -> dict:
-    """Evaluate a frozen ``encoder`` with one protocol; metrics with fixed names.
+                  cache_key: str | None = None, log=print, info: dict | None = None,
+                  scores=("acc1",)) -> dict:
+    """Evaluate a frozen ``encoder`` with one protocol; metrics with fixed names
+    (:func:`frozen_metric_names` of ``protocol`` and ``scores``).
 
-    ``protocol="knn"``: ``{"knn_acc1_cls", "knn_acc1_avg"}``, :func:`knn_accuracy`
-    (k, temperature) on [CLS] and on the mean patch token (the vote runs on
-    ``device``). ``protocol="linear"``: ``{"linear_acc1"}``, :func:`train_linear_probe`
-    on ``[CLS] ‖ mean patch token`` (:data:`LINEAR_POOL`) in ``work_dir``.
+    ``protocol="knn"``: ``{"knn_<score>_cls", "knn_<score>_avg"}``, the scores of
+    :func:`knn_classify`'s predictions (k, temperature) on [CLS] and on the mean patch
+    token (the vote runs on ``device``). ``protocol="linear"``: ``{"linear_<score>"}``,
+    :func:`train_linear_probe` on ``[CLS] ‖ mean patch token`` (:data:`LINEAR_POOL`) in
+    ``work_dir``. ``scores``: names of :data:`tasks.metrics.SCORES` (default ``acc1``).
 
     ``train_set``/``test_set`` yield ``(x, label)`` with evaluation transforms (no
     augmentation: features are computed once). With ``cache_dir`` and ``cache_key``
@@ -483,8 +508,9 @@ def probe_encoder(encoder: nn.Module, train_set, test_set, protocol: str, *, bat
     ``test_labels``, ``num_classes``, and for the linear probe ``final_loss``,
     ``epochs`` and ``steps`` (:func:`train_linear_probe`).
     """
+    scores = check_scores(scores)
     if protocol == "knn":
-        pools: tuple[str, ...] = ("cls", "avg")
+        pools: tuple[str, ...] = KNN_POOLS
     elif protocol == "linear":
         pools = (LINEAR_POOL,)
         if work_dir is None:
@@ -500,13 +526,17 @@ def probe_encoder(encoder: nn.Module, train_set, test_set, protocol: str, *, bat
         info.update(train_labels=train_labels, test_labels=test_labels, num_classes=num_classes)
     if protocol == "knn":
         vote_device = device if device is not None else next(encoder.parameters()).device
-        return {f"knn_acc1_{pool}": knn_accuracy(train[pool].to(vote_device), train_labels,
-                                                 test[pool].to(vote_device), test_labels, k=k,
-                                                 temperature=temperature, num_classes=num_classes)
-                for pool in pools}
+        out = {}
+        for pool in pools:
+            preds = knn_classify(train[pool].to(vote_device), train_labels, test[pool].to(vote_device),
+                                 k=k, temperature=temperature, num_classes=num_classes)
+            got = score_predictions(test_labels.numpy(), preds.cpu().numpy(), scores)
+            out.update({f"knn_{s}_{pool}": v for s, v in got.items()})
+        return out
     result = train_linear_probe(train[LINEAR_POOL], train_labels, test[LINEAR_POOL], test_labels,
                                 num_classes, work_dir, schedule=schedule,
-                                batch_per_process=batch_per_process, loader=loader, seed=seed, log=log)
+                                batch_per_process=batch_per_process, loader=loader, seed=seed, log=log,
+                                scores=scores)
     if info is not None:
         info.update({k: result[k] for k in ("final_loss", "epochs", "steps")})
-    return {"linear_acc1": result["acc1"]}
+    return {f"linear_{s}": result[s] for s in scores}

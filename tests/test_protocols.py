@@ -7,7 +7,8 @@ from scipy import stats
 
 from methods.backbone import build_encoder
 from tasks.protocols import (LinearProbePlan, cached_features, extract_features, feature_cache_key,
-                             knn_accuracy, knn_classify, probe_encoder, train_linear_probe)
+                             frozen_metric_names, knn_accuracy, knn_classify, probe_encoder,
+                             train_linear_probe)
 
 
 def clusters(n_per_class: int, num_classes: int, dim: int, seed: int, spread: float = 0.1):
@@ -66,6 +67,53 @@ def test_knn_chunks_do_not_change_predictions():
     assert whole.dtype == torch.int64 and whole.shape == (97,)
     # k above the training set's size is clipped
     assert knn_classify(train[:5], labels[:5], test, k=20).shape == (97,)
+
+
+class StageEncoder(torch.nn.Module):
+    """A stand-in for the 1D encoder: every token of a window is its stage one-hot (x 5)
+    plus small noise, the stage read from the window's first sample. Its [CLS] and mean
+    tokens separate the five stages perfectly."""
+    num_prefix_tokens = 1
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(5.0))
+
+    def forward_features(self, x):                       # x (B, 6, 300)
+        onehot = torch.nn.functional.one_hot(x[:, 0, 0].long(), 5).float() * self.scale
+        noise = 0.1 * x[:, 1, :155].reshape(-1, 31, 5)
+        return onehot[:, None, :] + noise                # (B, 1 + 30 tokens, 5)
+
+
+def windows(stages, shown=None, seed=0):
+    """(6, 300) noise windows labelled ``stages``; the encoder reads ``shown`` (default: the label)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i, y in enumerate(stages):
+        x = torch.randn(6, 300, generator=g)
+        x[0, 0] = float(y if shown is None else shown[i])
+        out.append((x, y))
+    return out
+
+
+def test_knn_kappa_on_features_that_separate_the_sleep_stages():
+    train = windows([s for s in range(5) for _ in range(6)], seed=0)
+    labels = [s for s in range(5) for _ in range(2)]
+    names = frozen_metric_names("knn", ("kappa", "acc1"))
+    assert names == ("knn_kappa_cls", "knn_acc1_cls", "knn_kappa_avg", "knn_acc1_avg")
+    out = probe_encoder(StageEncoder(), train, windows(labels, seed=1), "knn", batch_size=8,
+                        num_classes=5, scores=("kappa", "acc1"))
+    assert out == {"knn_kappa_cls": 1.0, "knn_acc1_cls": 100.0, "knn_kappa_avg": 1.0,
+                   "knn_acc1_avg": 100.0}
+    # one stage-0 window looks like stage 1: predictions (1,0,1,1,2,2,3,3,4,4); by hand
+    # p_o = 9/10, p_e = .2 x .1 + .2 x .3 + 3 x .2 x .2 = .2, kappa = (.9 - .2) / .8 = .875
+    shown = [1, *labels[1:]]
+    out = probe_encoder(StageEncoder(), train, windows(labels, shown, seed=1), "knn", batch_size=8,
+                        num_classes=5, scores=("kappa", "acc1"))
+    assert out["knn_kappa_cls"] == pytest.approx(0.875) and out["knn_acc1_cls"] == pytest.approx(90.0)
+    assert out["knn_kappa_avg"] == pytest.approx(0.875)
+    with pytest.raises(ValueError, match="scores"):
+        probe_encoder(StageEncoder(), train, train, "knn", scores=("auc",))
 
 
 # ------------------------------------------------------------------------ features

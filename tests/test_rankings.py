@@ -163,7 +163,7 @@ def test_protocol_option_names_the_record_and_the_plan(tmp_path):
 def test_frozen_protocols_through_the_task(tmp_path, digits, monkeypatch):
     """A pretrained encoder.pth is evaluated frozen by kNN and by the linear probe: the
     weights in memory and on disk do not change, features are cached and reused."""
-    import tasks.classification as cls_mod
+    import tasks.frozen as frozen_mod
     from methods.backbone import build_encoder
     from tasks import build_task
 
@@ -175,7 +175,7 @@ def test_frozen_protocols_through_the_task(tmp_path, digits, monkeypatch):
     on_disk = file_hash(folder / "encoder.pth")
 
     hashes = []
-    real = cls_mod.probe_encoder
+    real = frozen_mod.probe_encoder
 
     def watched(encoder, *args, **kwargs):
         before = state_hash(encoder)
@@ -183,7 +183,7 @@ def test_frozen_protocols_through_the_task(tmp_path, digits, monkeypatch):
         hashes.append((before, state_hash(encoder)))
         return out
 
-    monkeypatch.setattr(cls_mod, "probe_encoder", watched)
+    monkeypatch.setattr(frozen_mod, "probe_encoder", watched)
     cache = tmp_path / "cache"
     results = {}
     for protocol in ("knn", "linear"):
