@@ -6,6 +6,7 @@
     python -m benchmarks.run --method part --task cifar100 --cfg-options methods.part.num_pairs=512
     python -m benchmarks.run --method part --task coco --preset paper --world-size 8 --dry-run
     python -m benchmarks.run --method part --task cifar100 --protocol knn   # frozen encoder
+    python -m benchmarks.run --method part --task eeg --protocol linear     # kappa + accuracy
 
 The run is resolved first into one plan (engine/plan.py); ``--dry-run`` prints it
 (every value and where it came from, batches, lr, iterations, checkpoint key, record
@@ -64,8 +65,9 @@ def parse_args(argv=None):
                    help="override plan values: methods.<method>.<key>=V or "
                         "tasks.<task>.<section>.<key>=V, e.g. methods.part.num_pairs=512")
     p.add_argument("--protocol", choices=("finetune", "linear", "knn"), default=None,
-                   help="classification tasks: finetune (default), linear probe or kNN on the "
-                        "frozen encoder (= --cfg-options tasks.<task>.protocol.name=...)")
+                   help="classification tasks (cifar100, imagenet, eeg): finetune (default), "
+                        "linear probe or kNN on the frozen encoder "
+                        "(= --cfg-options tasks.<task>.protocol.name=...)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved plan and exit: trains nothing, writes nothing")
     p.add_argument("--world-size", type=int, default=None,

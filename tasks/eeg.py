@@ -20,6 +20,16 @@ scales the counts down and logs them; otherwise the run stops naming the counts.
 
 The preprocessed windows are cached under ``<cache>/physionet2018/`` by
 :meth:`EEGTask.prepare_data`, the explicit data step: a second run never filters again.
+
+Protocols (``--protocol``, the plan's ``protocol`` and ``probe`` sections, as for
+``cifar100``: :class:`tasks.frozen.FrozenProtocols`): ``finetune`` (the above), ``knn``
+and ``linear`` on the frozen 1D encoder, reading the finetune subjects' labelled windows
+as the training split and the test subjects' as the test split (instance-normalised, as
+finetuning reads them). Metrics: Cohen's kappa and accuracy (scikit-learn) of each:
+``knn_kappa_cls``, ``knn_acc1_cls``, ``knn_kappa_avg``, ``knn_acc1_avg``;
+``linear_kappa``, ``linear_acc1``; with ``majority_acc``, ``data`` and the sanity
+``warnings`` beside them. Features are cached by checkpoint, the preprocessing's cache
+key, the records of each split with their source files' (size, mtime), and the pool.
 """
 from __future__ import annotations
 
@@ -29,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import ConfigError, DataError
-from engine.plan import DataPlan, EncoderPlan, LoaderPlan, PretrainPlan, _Schedule
+from engine.plan import DataPlan, EncoderPlan, LoaderPlan, PretrainPlan, ProtocolPlan, _Schedule
 from engine.runner import build_runner
 from methods.backbone import build_encoder
 
@@ -38,7 +48,9 @@ from .checkpoint import load_encoder_weights
 from .classifier import ClassifierModel
 from .data.physionet2018 import (EEG_CHANNELS, STAGES, EEGPreprocessing, EEGWindows,
                                  PhysionetCache, PhysionetDataError, build_cache, split_subjects)
+from .frozen import FrozenData, FrozenProtocols
 from .metrics import SleepStagingMetrics  # noqa: F401  (registers the metric the Runner names)
+from .protocols import LinearProbePlan
 
 __all__ = ["EEGTask", "EEGPlan", "EEGFinetunePlan"]
 
@@ -86,12 +98,17 @@ class EEGFinetunePlan(_Schedule):
     grad_accum: int = 1
 
 
-class EEGTask(Task):
+class EEGTask(FrozenProtocols, Task):
     name = "eeg"
     kind = "sleep_staging"
     metric_names = ("kappa", "acc", "macro_f1")
     sections = {"data": DataPlan, "encoder": EncoderPlan, "pretrain": PretrainPlan,
-                "finetune": EEGFinetunePlan, "eeg": EEGPlan, "loader": LoaderPlan}
+                "finetune": EEGFinetunePlan, "eeg": EEGPlan, "loader": LoaderPlan,
+                "protocol": ProtocolPlan, "probe": LinearProbePlan}
+    # the protocols' metrics (FrozenProtocols.protocol_metrics): the paper's kappa first
+    finetune_metrics = ("kappa", "acc", "macro_f1")
+    finetune_accuracy = "acc"
+    frozen_scores = ("kappa", "acc1")
 
     def __init__(self, plan, cache_root):
         super().__init__(plan, cache_root)
@@ -99,6 +116,7 @@ class EEGTask(Task):
             raise ConfigError(f"the eeg task needs a 1D encoder (encoder.modality='1d'), "
                               f"got {plan.encoder.modality!r}")
         self.eeg: EEGPlan = plan.options["eeg"]
+        self.init_protocol()
         self._cache: PhysionetCache | None = None
         self._split: dict[str, list[str]] | None = None
 
@@ -170,14 +188,42 @@ class EEGTask(Task):
                     dropped_epochs={k: int(sum(getattr(r, k) for r in self.cache.records))
                                     for k in ("dropped_undefined", "dropped_partial")})
 
-    # ---------------------------------------------------------------- run
-    def run(self, *, pretrained, work_dir, log=print):
-        plan, ft = self.plan, self.plan.finetune
+    def labelled_splits(self, log=print) -> tuple[EEGWindows, EEGWindows]:
+        """The labelled windows of the finetune subjects and of the test subjects."""
         split = self.split(log)
         train = EEGWindows(self.cache, split["finetune"], labelled_only=True)
         test = EEGWindows(self.cache, split["test"], labelled_only=True)
         if len(train) == 0 or len(test) == 0:
             raise DataError(f"{self.root}: no labelled windows in the finetune or test subjects")
+        return train, test
+
+    def frozen_data(self, log=print) -> FrozenData:
+        """The finetune subjects' labelled windows (train) and the test subjects' (test);
+        their features are keyed by the data's identity, the preprocessing (the cache's
+        key), each split's records with their source files' signatures, and the
+        normalisation."""
+        from .data.fingerprint import data_identity
+
+        train, test = self.labelled_splits(log)
+        d = self.plan.data
+        records = {name: {r: self.cache.source(r) for r in ds.record_names}
+                   for name, ds in (("train", train), ("test", test))}
+        return FrozenData(train, test,
+                          dict(data=data_identity(d.dataset, d.root, d.embedded),
+                               preprocessing=self.cache.prep.key(), records=records,
+                               normalize=(train.normalize, test.normalize)),
+                          num_classes=len(STAGES))
+
+    # ---------------------------------------------------------------- run
+    def run(self, *, pretrained, work_dir, log=print):
+        if self.protocol.name != "finetune":
+            out = self.frozen(pretrained, work_dir, log)
+            labels = self.labelled_splits(log)[1].labels
+            out["majority_acc"] = 100.0 * float(np.bincount(labels).max() / len(labels))
+            out["data"] = self.data_summary()
+            return out
+        plan, ft = self.plan, self.plan.finetune
+        train, test = self.labelled_splits(log)
         encoder = build_encoder(**{**plan.encoder.as_kwargs(),
                                    "pos_embed": "learn" if ft.pos_embed else "none",
                                    "num_classes": len(STAGES), "drop_path_rate": ft.drop_path})

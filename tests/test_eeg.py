@@ -1,5 +1,7 @@
 """The EEG task: 1D PART learns relative shifts, finetuning masks 20 % of the position
-embeddings, and `--task eeg` runs end to end on generated PhysioNet-format records."""
+embeddings, `--task eeg` runs end to end on generated PhysioNet-format records, and the
+frozen protocols (`--protocol knn|linear`) read its encoder without changing it."""
+import hashlib
 import math
 
 import pytest
@@ -81,7 +83,15 @@ TINY_EEG = {
 }
 
 
-def test_eeg_task_runs_end_to_end_on_generated_records(tmp_path):
+def state_hash(module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_eeg_task_runs_end_to_end_on_generated_records(tmp_path, monkeypatch):
     record = run_cell("part", "eeg", cache=tmp_path / "cache", out=tmp_path / "runs",
                       cfg_options=TINY_EEG, log=lambda *_: None)
     m = record["metrics"]
@@ -98,6 +108,75 @@ def test_eeg_task_runs_end_to_end_on_generated_records(tmp_path):
     names = [n for part in split.values() for n in part]
     assert len(names) == len(set(names)) == 8
     assert set(split["test"]).isdisjoint(split["pretrain"])
+
+    # the frozen protocols on the same pretrained checkpoint: the encoder is read, never
+    # changed (in memory and on disk), and one feature extraction serves both
+    import tasks.frozen as frozen_mod
+    from benchmarks.run import with_protocol
+    from tasks.protocols import frozen_metric_names
+
+    encoder_file = next((tmp_path / "cache" / "pretrain").glob("*/encoder.pth"))
+    on_disk = hashlib.sha256(encoder_file.read_bytes()).hexdigest()
+    hashes = []
+    real = frozen_mod.probe_encoder
+
+    def watched(encoder, *args, **kwargs):
+        before = state_hash(encoder)
+        out = real(encoder, *args, **kwargs)
+        hashes.append((before, state_hash(encoder)))
+        return out
+
+    monkeypatch.setattr(frozen_mod, "probe_encoder", watched)
+    frozen = {}
+    # the finetuning values are not the frozen runs' (and a record's name must stay short)
+    common = {k: v for k, v in TINY_EEG.items()
+              if not k.startswith(("tasks.eeg.finetune.", "tasks.eeg.eeg.cache_workers"))}
+    for method, protocol in (("part", "knn"), ("part", "linear"), ("scratch", "knn")):
+        opts = with_protocol("eeg", protocol, {**common, "tasks.eeg.probe.epochs": 3}
+                             if protocol == "linear" else common)
+        frozen[method, protocol] = run_cell(method, "eeg", cache=tmp_path / "cache",
+                                            out=tmp_path / "runs", cfg_options=opts,
+                                            log=lambda *_: None)
+    assert all(before == after for before, after in hashes) and len(hashes) == 3
+    assert hashes[0][0] == hashes[1][0] != hashes[2][0]    # the checkpoint, then a random encoder
+    assert hashlib.sha256(encoder_file.read_bytes()).hexdigest() == on_disk
+    for (method, protocol), rec in frozen.items():
+        m = rec["metrics"]
+        assert rec["plan"]["protocol"]["name"] == protocol
+        assert f"protocol.name={protocol}]__eeg__seed0.json" in rec["path"]
+        names = frozen_metric_names(protocol, ("kappa", "acc1"))
+        assert set(names) <= set(m) and isinstance(rec["warnings"], list)
+        assert all(-1.0 <= m[n] <= 1.0 if "kappa" in n else 0.0 <= m[n] <= 100.0 for n in names)
+        assert m["data"]["splits"]["test"]["records"] == 2 and 0 < m["majority_acc"] <= 100
+    assert frozen["part", "knn"]["metrics"]["frozen_encoder"].startswith("pretrained")
+    assert frozen["scratch", "knn"]["metrics"]["frozen_encoder"].startswith("random initialisation, seed 0")
+    assert frozen["part", "linear"]["metrics"]["probe_steps"] == 3
+    # cls and avg of both splits, once per encoder
+    assert len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 8
+
+
+def test_protocol_in_the_eeg_plan(tmp_path, monkeypatch, capsys):
+    from benchmarks.run import main
+
+    monkeypatch.setattr("engine.cli.configure_logging", lambda: None)
+    assert main(["--method", "part", "--task", "eeg", "--protocol", "knn", "--dry-run",
+                 "--out", str(tmp_path), "--cache", str(tmp_path / "cache")]) == 0
+    text = capsys.readouterr().out
+    section = text[text.index("\n  protocol:"):].splitlines()
+    assert section[2].split() == ["name", "knn", "[command", "line]"]
+    assert section[3].split()[:2] == ["knn_k", "20"]
+    assert "\n  probe:" in text
+    assert f"record: {tmp_path / 'part[protocol.name=knn]__eeg__seed0.json'}" in text
+    # the frozen ranking of Table 3's methods names metrics the eeg records have
+    from benchmarks.rank import rank_table
+    from tasks.eeg import EEGTask
+
+    metrics = EEGTask.protocol_metrics()
+    assert metrics["knn"] == ("knn_kappa_cls", "knn_acc1_cls", "knn_kappa_avg", "knn_acc1_avg")
+    assert metrics["linear"] == ("linear_kappa", "linear_acc1")
+    cols = rank_table("eeg").columns
+    assert [c.metric for c in cols[:3]] == ["knn_kappa_cls", "knn_kappa_avg", "linear_kappa"]
+    assert all(c.metric in metrics[c.protocol] for c in cols) and len(cols) == 6
 
 
 def test_a_2d_only_variant_on_the_eeg_task_is_one_clear_error():

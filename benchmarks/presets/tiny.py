@@ -78,6 +78,7 @@ tasks = dict(
                       warmup_epochs=2),
         eeg=dict(pretrain_subjects=20, finetune_subjects=4, test_subjects=6, scale_down=True,
                  cache_workers=2),
+        probe=_probe,
         # PART: 40 random 1 s windows per 30 s window (the paper's), PART-grid the 30 grid
         # patches; 256 pairs each (our choice: the relative head's cost grows with pairs)
         method_overrides={"part": dict(num_patches=40, num_pairs=256),

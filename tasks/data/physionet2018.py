@@ -528,6 +528,16 @@ class PhysionetCache:
         self.info(name)
         return np.load(self.path / f"{name}.labels.npy")
 
+    def source(self, name: str) -> dict:
+        """The (name, size, mtime) of the source files the record was built from: what
+        identifies its windows beside the preprocessing (a changed file rebuilds it)."""
+        self.info(name)
+        try:
+            return json.loads((self.path / f"{name}.json").read_text())["source"]
+        except (OSError, ValueError, KeyError) as e:
+            raise PhysionetDataError(f"{self.path / f'{name}.json'}: no readable source signature "
+                                     f"({e})") from None
+
 
 def build_cache(root, cache_dir, prep: EEGPreprocessing = EEGPreprocessing(), workers: int | None = None,
                 log: Callable[[str], None] = print) -> PhysionetCache:
