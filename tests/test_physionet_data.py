@@ -395,3 +395,15 @@ def test_generated_stages_are_learnable_but_not_by_amplitude(tmp_path):
     assert len(np.unique(np.concatenate([feats[n][2] for n in names]))) == 5
     assert k_bands > 0.4, (k_bands, k_var)
     assert k_var < 0.75 and k_bands > k_var + 0.1, (k_bands, k_var)
+
+
+def test_embedded_records_are_named_by_their_own_generator_version(monkeypatch):
+    """A new version of the PhysioNet generator must miss every cache built from the old
+    records (and a new image generator must not)."""
+    from tasks.data import fingerprint, physionet_synthetic, synthetic
+
+    before = fingerprint.data_identity("physionet2018", None, {"n_training": 4})
+    monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
+    assert fingerprint.data_identity("physionet2018", None, {"n_training": 4}) == before
+    monkeypatch.setattr(physionet_synthetic, "GENERATOR_VERSION", physionet_synthetic.GENERATOR_VERSION + 1)
+    assert fingerprint.data_identity("physionet2018", None, {"n_training": 4}) != before

@@ -47,8 +47,10 @@ def data_identity(dataset: str, root: str | None, embedded: dict | None) -> dict
     if root:
         return {"dataset": dataset, "root": str(Path(root).resolve()),
                 "fingerprint": root_fingerprint(Path(root))}
-    from .coco_synthetic import DETECTION_GENERATOR_VERSION
-    from .synthetic import GENERATOR_VERSION
+    from . import coco_synthetic, physionet_synthetic, synthetic
 
-    version = DETECTION_GENERATOR_VERSION if dataset == "coco" else GENERATOR_VERSION
+    # each embedded data set is named by its own generator's version
+    version = {"coco": coco_synthetic.DETECTION_GENERATOR_VERSION,
+               "physionet2018": physionet_synthetic.GENERATOR_VERSION}.get(dataset,
+                                                                          synthetic.GENERATOR_VERSION)
     return {"dataset": dataset, "embedded": dict(embedded or {}), "generator_version": version}
