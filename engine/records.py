@@ -97,9 +97,28 @@ def results_dir(preset: str, data_root=None) -> Path:
     return folder
 
 
+#: longest variant kept whole in a file name (with the work dir's and lock's suffixes the
+#: name stays under the 255 bytes file systems allow)
+MAX_VARIANT_IN_NAME = 120
+
+
+def variant_tag(variant: str) -> str:
+    """``[<variant>]`` for a record's file name; a variant longer than
+    :data:`MAX_VARIANT_IN_NAME` keeps its start and gains a hash of the whole (the record
+    itself holds every value)."""
+    from .plan import stable_hash
+
+    if not variant:
+        return ""
+    slug = _slug(variant)
+    if len(slug) > MAX_VARIANT_IN_NAME:
+        slug = f"{slug[:MAX_VARIANT_IN_NAME - 12]}...{stable_hash(variant, 8)}"
+    return f"[{slug}]"
+
+
 def record_path(out, plan) -> Path:
     folder = Path(out) if out else results_dir(plan.preset) / "runs"
-    variant = f"[{_slug(plan.variant)}]" if plan.variant else ""
+    variant = variant_tag(plan.variant)
     return folder / f"{plan.method.name}{variant}__{plan.task}{data_tag(plan)}__seed{plan.seed}.json"
 
 

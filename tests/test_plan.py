@@ -367,3 +367,26 @@ def test_an_interrupted_detection_run_resumes_only_on_its_own_data(tmp_path, mon
     assert lines[1].startswith("[run] resuming coco"), lines
     # both roots pretrain on the same embedded scenes: one cached pretraining serves both
     assert started_at == [0, 1]
+
+
+def test_a_long_variant_keeps_record_work_dir_and_lock_names_within_file_system_limits(tmp_path):
+    """Eleven command-line options used to name a record past 255 bytes (OSError at the
+    lock); a long variant keeps its start and a hash of the whole, so two variants that
+    differ only at the end still get two records."""
+    from benchmarks.run import cell_record_path, work_dir_of
+
+    opts = {f"tasks.cifar100.{k}": v for k, v in {
+        "pretrain.epochs": 3, "pretrain.warmup_epochs": 0.5, "pretrain.global_batch_size": 16,
+        "pretrain.base_lr": 0.0003, "finetune.epochs": 2, "finetune.global_batch_size": 16,
+        "finetune.base_lr": 0.0004, "finetune.drop_path": 0.0, "finetune.smoothing": 0.0,
+        "loader.num_workers": 0, "loader.log_interval": 5}.items()}
+    paths = [cell_record_path("part", "cifar100", out=tmp_path, cfg_options={**opts, **extra})
+             for extra in ({}, {"tasks.cifar100.finetune.min_steps": 7})]
+    assert paths[0] != paths[1]
+    for path in paths:
+        plan = make_plan("part", "cifar100", cfg_options=opts)
+        work = work_dir_of(plan, path, data_identities(plan), tmp_path / "cache")
+        for name in (path.name, work.name, f"{work.name}.lock"):
+            assert len(name.encode()) <= 255, name
+        assert path.name.startswith("part[finetune.base_lr=0.0004,") and "..." in path.name
+        path.write_text("{}")  # the file system accepts it
