@@ -3,10 +3,8 @@ traceback only with ``--debug``), and no earlier result or cached checkpoint tou
 
 Each case runs ``benchmarks.run``'s command line in its own process. Starting a fresh
 interpreter costs ~10 s of imports here (torch, mmengine, timm), so most cases run in a
-child forked from a forkserver that imported the suite once (never this test process,
-whose OpenMP threads a fork could deadlock), executing the module exactly
-as ``python -m benchmarks.run ARGS`` does (``runpy`` as ``__main__``, exit status from
-``SystemExit``, an escaping exception printed as a traceback with status 1). Two cases
+child forked from a server that imported the suite once, executing the module exactly
+as ``python -m benchmarks.run ARGS`` does (:mod:`forked_cli`). Two cases
 (:func:`test_real_interpreter`) start a real ``python -m benchmarks.run``.
 
 Plan-time problems are answered by ``--dry-run``; data and checkpoint problems before
@@ -17,69 +15,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import pickle
-import runpy
 import subprocess
 import sys
-import traceback
 from pathlib import Path
 
 import pytest
+from forked_cli import run_cli
 
 import benchmarks.run  # noqa: F401
-import engine.runner  # noqa: F401
-import tasks  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR = "tasks.cifar100"
 TINY_CIFAR = [f"{CIFAR}.data.embedded.num_train=64", f"{CIFAR}.data.embedded.num_test=16",
               f"{CIFAR}.loader.num_workers=0"]
-
-
-def _run_cli_child(args: list[str], out: str, err: str) -> None:
-    """The child: stdout/stderr to files, then ``benchmarks.run`` as a fresh __main__."""
-    code = 1
-    try:
-        for fd, path in ((1, out), (2, err)):
-            f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-            os.dup2(f, fd)
-            os.close(f)
-        sys.stdout = open(1, "w", closefd=False, buffering=1)
-        sys.stderr = open(2, "w", closefd=False, buffering=1)
-        sys.argv = ["benchmarks.run", *args]
-        multiprocessing.set_start_method("fork", force=True)  # as in a fresh interpreter
-        sys.modules.pop("benchmarks.run", None)  # run as a fresh __main__, as python -m does
-        try:
-            runpy.run_module("benchmarks.run", run_name="__main__", alter_sys=True)
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
-
-
-# Children fork from a server that imported the suite but never ran a torch op: forking
-# the pytest process itself after other tests used torch's OpenMP pool can deadlock.
-_FORKSERVER = multiprocessing.get_context("forkserver")
-_FORKSERVER.set_forkserver_preload(["benchmarks.run", "engine.runner", "tasks"])
-
-
-def _forked(args: list[str], tmp: Path) -> tuple[int, str, str]:
-    """``python -m benchmarks.run ARGS`` in a child process: (status, stdout, stderr)."""
-    out, err = tmp / "stdout.txt", tmp / "stderr.txt"
-    child = _FORKSERVER.Process(target=_run_cli_child, args=(list(args), str(out), str(err)))
-    child.start()
-    child.join()
-    return child.exitcode, out.read_text(), err.read_text()
 
 
 def _tree_hashes(*folders: Path) -> dict[str, str]:
@@ -249,7 +199,7 @@ def test_bad_input_is_one_line_and_touches_nothing(case, dirs, tmp_path):
     expected = expected.format(**roots)
 
     before = _tree_hashes(out, cache)
-    code, stdout, stderr = _forked([*args, "--cache", str(cache), "--out", str(out)], tmp_path)
+    code, stdout, stderr = run_cli([*args, "--cache", str(cache), "--out", str(out)], tmp_path)
     lines = stderr.strip().splitlines()
     assert code != 0, (case, stdout[-2000:], stderr[-2000:])
     assert len(lines) == 1, (case, stderr[-3000:])
@@ -266,7 +216,7 @@ def test_bad_input_is_one_line_and_touches_nothing(case, dirs, tmp_path):
 
 def test_debug_shows_the_traceback(dirs, tmp_path):
     out, cache = dirs
-    code, _, stderr = _forked([*PLAN, "--dry-run", "--debug", "--cfg-options",
+    code, _, stderr = run_cli([*PLAN, "--dry-run", "--debug", "--cfg-options",
                                f"{CIFAR}.pretrain.epochs=0", "--cache", str(cache), "--out", str(out)],
                               tmp_path)
     assert code != 0 and "Traceback (most recent call last)" in stderr

@@ -1,42 +1,48 @@
-"""Surviving faults: SIGKILL mid-epoch and mid-checkpoint-write, SIGTERM, failed runs,
-a full disk, two runs sharing a cache, and the provenance that reproduces a record."""
+"""Surviving faults: SIGKILL mid-epoch and mid-checkpoint-write (pretraining and
+finetuning, detection, EEG), SIGTERM, failed runs, a full disk, two runs sharing a
+cache, and the provenance that reproduces a record.
+
+The killed and concurrent runs are ``python -m benchmarks.run`` in child processes
+forked from a server that imported the suite once (:mod:`forked_cli`; a fresh
+interpreter would spend ~10 s on imports each time), with the fault injected by
+``tests/faults/sitecustomize.py``. They train on one thread, as the uninterrupted
+references in this process do (:func:`_one_thread`), so that a resumed run can be
+compared with a reference bit for bit: on one CPU thread every operation runs in the
+same order, and the resume restores the weights, the optimizer and scheduler state, the
+data order and every random generator, so nothing may differ (a tolerance would hide a
+resume that lost, say, one optimizer step at a small learning rate).
+"""
 import contextlib
 import errno
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 import torch
+from forked_cli import finish_cli, run_cli, start_cli
 
 from benchmarks.run import explain, main, run_cell
 from engine.errors import TrainingError
 from engine.locks import file_lock
-from engine.resume import pick_resume_checkpoint
-
-REPO = Path(__file__).resolve().parents[1]
-# part / cifar100: 4 pretraining iterations per epoch (2 epochs), 4 finetuning ones (3 epochs)
+from engine.resume import SuiteRunner, pick_resume_checkpoint
+# part / cifar100: 4 pretraining iterations per epoch (2 epochs), 4 finetuning ones (3
+# epochs), of 8 images each
 OPTS = {
-    "tasks.cifar100.data.embedded.num_train": 64, "tasks.cifar100.data.embedded.num_test": 16,
-    "tasks.cifar100.pretrain.epochs": 2, "tasks.cifar100.pretrain.global_batch_size": 16,
+    "tasks.cifar100.data.embedded.num_train": 32, "tasks.cifar100.data.embedded.num_test": 16,
+    "tasks.cifar100.pretrain.epochs": 2, "tasks.cifar100.pretrain.global_batch_size": 8,
     "tasks.cifar100.pretrain.warmup_epochs": 0, "tasks.cifar100.finetune.epochs": 3,
-    "tasks.cifar100.finetune.global_batch_size": 16, "tasks.cifar100.loader.num_workers": 0,
+    "tasks.cifar100.finetune.global_batch_size": 8, "tasks.cifar100.loader.num_workers": 0,
 }
 CLI = ["--method", "part", "--task", "cifar100", "--cfg-options",
        *(f"{k}={v}" for k, v in OPTS.items())]
 
 
-def _cli(tmp: Path, fault: str = "", timeout=240):
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "faults"), str(REPO)]),
-               PART_BENCH_TEST_FAULT=fault)
-    return subprocess.run([sys.executable, "-m", "benchmarks.run", "--cache", str(tmp / "cache"),
-                           "--out", str(tmp / "runs"), *CLI], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def _cli(tmp: Path, fault: str = ""):
+    """The cifar100 cell's command in a child: (status, stdout, stderr)."""
+    return run_cli(["--cache", tmp / "cache", "--out", tmp / "runs", *CLI], tmp, fault=fault)
 
 
 def _floats(metrics: dict) -> dict:
@@ -75,22 +81,22 @@ def _same_encoder(folder, expected):
 def test_sigkill_mid_epoch_and_mid_checkpoint_write_resume_to_the_same_record(tmp_path, reference):
     ref, ref_encoder = reference
     # 1: killed in pretraining epoch 2 (after iteration 6 of 8): epoch_1.pth is the last
-    first = _cli(tmp_path, "kill@pretrain:6")
-    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    code, _, err = _cli(tmp_path, "kill@pretrain:6")
+    assert code == -signal.SIGKILL, err[-2000:]
     # 2: resumes pretraining from epoch 1, finishes it, then is killed while writing the
     #    finetuning's epoch_2.pth (half of it on disk, in the temporary file)
-    second = _cli(tmp_path, "killsave@finetune:epoch_2.pth")
-    assert second.returncode == -signal.SIGKILL, second.stderr[-2000:]
-    lines = [ln for ln in second.stdout.splitlines() if ln.startswith("[resume] pretrain")]
+    code, out, err = _cli(tmp_path, "killsave@finetune:epoch_2.pth")
+    assert code == -signal.SIGKILL, err[-2000:]
+    lines = [ln for ln in out.splitlines() if ln.startswith("[resume] pretrain")]
     assert len(lines) == 1 and "epoch_1.pth (iteration 4, the start of epoch 2)" in lines[0], lines
     (work,) = [p for p in (tmp_path / "cache" / "runs").glob("*cifar100*") if p.is_dir()]
     assert (work / "epoch_1.pth").exists() and not (work / "epoch_2.pth").exists()
     assert list(work.glob(".epoch_2.pth*.tmp")), "the unfinished write is a temporary file"
     assert Path((work / "last_checkpoint").read_text().strip()).name == "epoch_1.pth"
     # 3: resumes finetuning from epoch 1; the record equals the uninterrupted run's
-    third = _cli(tmp_path)
-    assert third.returncode == 0, third.stderr[-2000:]
-    lines = [ln for ln in third.stdout.splitlines() if ln.startswith("[resume] finetune")]
+    code, out, err = _cli(tmp_path)
+    assert code == 0, err[-2000:]
+    lines = [ln for ln in out.splitlines() if ln.startswith("[resume] finetune")]
     assert len(lines) == 1 and "epoch_1.pth (iteration 4, the start of epoch 2)" in lines[0], lines
     rec = json.loads(Path(ref["path"].replace(str(Path(ref["path"]).parent),
                                              str(tmp_path / "runs"))).read_text())
@@ -102,13 +108,73 @@ def test_sigkill_mid_epoch_and_mid_checkpoint_write_resume_to_the_same_record(tm
     assert not list(work.glob(".*.tmp"))
 
 
+# Detection (Mask R-CNN) and EEG finetuning, from scratch (resuming a pretraining is the
+# cifar100 test's), on the smallest generated data that trains 2 epochs of 3 iterations:
+# the 3 of 4 generated scenes that have objects (64 px, batch 1); the labelled windows of
+# one 15-minute record (batch 8), another one to test on.
+TASK_RUNS = {
+    "coco": {"tasks.coco.data.embedded.num_train": 4, "tasks.coco.data.embedded.num_val": 2,
+             "tasks.coco.data.embedded.size": 64, "tasks.coco.detector.img_size": 64,
+             "tasks.coco.finetune.epochs": 2, "tasks.coco.finetune.global_batch_size": 1,
+             "tasks.coco.finetune.test_batch_size": 2, "tasks.coco.loader.num_workers": 0},
+    "eeg": {"tasks.eeg.data.embedded.n_training": 2, "tasks.eeg.data.embedded.n_test": 0,
+            "tasks.eeg.data.embedded.hours": 0.25, "tasks.eeg.eeg.pretrain_subjects": 0,
+            "tasks.eeg.eeg.finetune_subjects": 1, "tasks.eeg.eeg.test_subjects": 1,
+            "tasks.eeg.eeg.cache_workers": 1, "tasks.eeg.finetune.epochs": 2,
+            "tasks.eeg.finetune.global_batch_size": 8, "tasks.eeg.loader.num_workers": 0},
+}
+
+
+@pytest.mark.parametrize("task", list(TASK_RUNS))
+def test_sigkill_mid_epoch_of_detection_and_eeg_resumes_to_the_same_weights(task, tmp_path, monkeypatch,
+                                                                             capsys):
+    """Killed after iteration 5 (epoch 2, batch 2), the same command resumes from
+    epoch_1.pth and ends with the uninterrupted run's record and, bit for bit, its
+    trained weights (the tiny runs' metrics sit at chance, so the weights are what can
+    tell a faithful resume from a wrong one; see the module docstring for why exactly)."""
+    args = ["--method", "scratch", "--task", task, "--cache", str(tmp_path / "cache"),
+            "--cfg-options", *(f"{k}={v}" for k, v in TASK_RUNS[task].items())]
+    trained = []
+    train = SuiteRunner.train
+
+    def train_and_keep_the_weights(self):
+        model = train(self)
+        trained.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        return model
+
+    monkeypatch.setattr(SuiteRunner, "train", train_and_keep_the_weights)
+    with _one_thread():  # the uninterrupted run
+        assert main([*args, "--out", str(tmp_path / "reference")]) == 0
+    (ref_path,) = (tmp_path / "reference").glob("*.json")
+    # The killed run shares the reference's cache (its generated data and EEG
+    # preprocessing; the reference's finetuning state was spent with its record).
+    code, _, err = run_cli([*args, "--out", tmp_path / "runs"], tmp_path, fault=f"kill@{task}:5")
+    assert code == -signal.SIGKILL, err[-2000:]
+    (work,) = [p for p in (tmp_path / "cache" / "runs").iterdir() if p.is_dir()]
+    assert sorted(p.name for p in work.glob("*.pth")) == ["epoch_1.pth"]
+    capsys.readouterr()
+    with _one_thread():  # the same command again
+        assert main([*args, "--out", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith(f"[resume] {task}")]
+    assert len(lines) == 1 and "epoch_1.pth (iteration 3, the start of epoch 2)" in lines[0], out[-3000:]
+    ref = json.loads(ref_path.read_text())
+    rec = json.loads((tmp_path / "runs" / ref_path.name).read_text())
+    assert rec["status"] == "ok" and [r["iteration"] for r in rec["resumes"]["task"]] == [3]
+    assert rec["metrics"] == ref["metrics"] and ref["resumes"]["task"] == []
+    expected, got = trained
+    assert expected.keys() == got.keys()
+    for k, v in expected.items():
+        assert torch.equal(got[k], v), k
+
+
 def test_sigterm_saves_this_step_and_the_rerun_resumes_mid_epoch(tmp_path, reference, capsys):
     ref, ref_encoder = reference
-    res = _cli(tmp_path, "term@pretrain:6")
-    assert res.returncode == 143, res.stderr[-2000:]
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    code, _, err = _cli(tmp_path, "term@pretrain:6")
+    assert code == 143, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.strip()]
     assert lines[-1].startswith("preempted: SIGTERM: saved") and "after iteration 6" in lines[-1]
-    assert "Traceback" not in res.stderr
+    assert "Traceback" not in err
     (work,) = (tmp_path / "cache" / "pretrain").glob("*/work")
     assert Path((work / "last_checkpoint").read_text().strip()).name == "iter_6.pth"
     with _one_thread():
@@ -243,18 +309,14 @@ def test_locks_name_their_owner_wait_for_it_and_take_over_stale_ones(tmp_path):
 def test_two_runs_at_once_share_one_pretraining_and_lose_nothing(tmp_path):
     """Three processes on one cache and results folder: two of the same cell and one of
     another cell sharing its pretraining (slowed down so that they overlap)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PART_BENCH_TEST_FAULT="sleep:0.3",
-               PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "faults"), str(REPO)]))
-    base = [sys.executable, "-m", "benchmarks.run", "--cache", str(tmp_path / "cache"),
-            "--out", str(tmp_path / "runs"), "--method", "part"]
+    base = ["--cache", tmp_path / "cache", "--out", tmp_path / "runs", "--method", "part"]
     opts = ["--cfg-options", *(f"{k}={v}" for k, v in OPTS.items() if "finetune" not in k),
             "tasks.cifar100.finetune.epochs=1", "tasks.pretext.evaluation.max_images=16"]
-    procs = [subprocess.Popen([*base, "--task", task, *opts], cwd=REPO, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for task in ("pretext", "pretext", "cifar100")]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0], outs
-    log = "\n".join(outs)
+    procs = [start_cli([*base, "--task", task, *opts], tmp_path, name=f"run{i}", fault="sleep:0.3")
+             for i, task in enumerate(("pretext", "pretext", "cifar100"))]
+    results = [finish_cli(p) for p in procs]
+    assert [code for code, _, _ in results] == [0, 0, 0], results
+    log = "\n".join(out + err for _, out, err in results)
     assert sum(ln.startswith("[pretrain] part: ") for ln in log.splitlines()) == 1, log
     assert "[lock] waiting for pid" in log
     names = sorted(p.name for p in (tmp_path / "runs").glob("*.json"))

@@ -1,8 +1,11 @@
-"""Fault injection for tests/test_faults.py, loaded by the subprocesses it starts
-(PYTHONPATH=tests/faults). ``PART_BENCH_TEST_FAULT`` is one of
+"""Fault injection for tests/test_faults.py: run by the children it starts
+(tests/forked_cli.py), or by a fresh interpreter with ``PYTHONPATH=tests/faults``, e.g.
+``PYTHONPATH=tests/faults PART_BENCH_TEST_FAULT=kill@coco:5 python -m benchmarks.run ...``.
+``PART_BENCH_TEST_FAULT`` is one of
 
 - ``kill@<experiment>:<N>``: SIGKILL this process right after training iteration N of
-  the Runner whose experiment name starts with <experiment> (pretrain, finetune);
+  the Runner whose experiment name starts with <experiment> (pretrain, finetune, coco,
+  eeg);
 - ``term@<experiment>:<N>``: SIGTERM instead (what Slurm sends before preemption);
 - ``killsave@<experiment>:<file>``: SIGKILL halfway through writing checkpoint <file>;
 - ``sleep:<seconds>``: sleep after every training iteration (to make runs overlap).
