@@ -29,6 +29,11 @@ its fused path.
 The layer-wise lr decay of a detector is ``rule="vitdet"`` of
 :class:`engine.optim.LayerDecayOptimWrapperConstructor`.
 
+Data: :class:`CheckedLoadImageFromFile` (``TRANSFORMS``) loads an image as mmcv's
+``LoadImageFromFile`` does (the same bytes, the same decoder), and a file that cannot be
+read, is damaged (:func:`tasks.data.coco.image_damage`) or does not decode stops the run
+with one :class:`engine.errors.DataError` naming it.
+
 Test time (what keeps evaluation of any detector, however early in training, from
 failing on a predicted box):
 
@@ -48,11 +53,15 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import mmcv
+import numpy as np
+from mmcv.transforms import LoadImageFromFile
 from mmdet.datasets.transforms import Pad
 from mmdet.models.roi_heads import StandardRoIHead
 from mmdet.models.task_modules.coders import DeltaXYWHBBoxCoder
 from mmdet.registry import MODELS, TASK_UTILS, TRANSFORMS
 from mmdet.structures.bbox import get_box_tensor
+from mmengine import fileio
 from mmengine.evaluator import BaseMetric
 from mmengine.model import BaseModule
 from timm.layers import DropPath, Mlp, resample_abs_pos_embed, trunc_normal_
@@ -60,11 +69,13 @@ from timm.models.vision_transformer import init_weights_vit_timm
 from timm.models.vision_transformer_sam import (get_decomposed_rel_pos_bias, window_partition,
                                                 window_unpartition)
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, DataError
 from methods.backbone import ENCODER_ARCHS
 
+from .data.coco import image_damage
+
 __all__ = ["ViTDetBackbone", "SimpleFeaturePyramid", "LayerNorm2d", "RelPosAttention", "mmdet_scope",
-           "PadKeepImageShape", "FiniteDeltaXYWHBBoxCoder", "ValidBoxRoIHead", "DroppedBoxesMetric",
+           "CheckedLoadImageFromFile", "PadKeepImageShape", "FiniteDeltaXYWHBBoxCoder", "ValidBoxRoIHead", "DroppedBoxesMetric",
            "valid_boxes"]
 
 
@@ -259,6 +270,43 @@ class SimpleFeaturePyramid(BaseModule):
         while len(outs) < self.num_outs:
             outs.append(F.max_pool2d(outs[-1], kernel_size=1, stride=2))
         return tuple(outs)
+
+
+# ----------------------------------------------------------------------- data
+@TRANSFORMS.register_module()
+class CheckedLoadImageFromFile(LoadImageFromFile):
+    """mmcv's ``LoadImageFromFile`` whose every failure is one :class:`DataError` naming
+    the file: unreadable, damaged (:func:`tasks.data.coco.image_damage`), or not
+    decodable (mmcv's own loader raises an ``AssertionError`` for that, or, for a
+    truncated JPEG, may return the decoder's grey-filled rows). A damaged image stops
+    the run rather than being skipped, as in the classification data sets
+    (:func:`tasks.data.imagefolder.load_image`); a DataLoader worker's error reaches the
+    command as the same one line."""
+
+    def transform(self, results: dict) -> dict:
+        path = results["img_path"]
+        try:
+            data = fileio.get(path, backend_args=self.backend_args)
+        except OSError as exc:
+            raise DataError(f"cannot read image {path} ({type(exc).__name__}: {exc.strerror or exc})") from None
+        why = image_damage(data)
+        img = None
+        if why is None:
+            try:
+                img = mmcv.imfrombytes(data, flag=self.color_type, backend=self.imdecode_backend)
+            except Exception as exc:  # noqa: BLE001 - any decoder error: the file is damaged
+                why = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            if img is None and why is None:
+                why = f"{self.imdecode_backend} cannot decode it"
+        if why is not None:
+            raise DataError(f"cannot read image {path} ({why}); replace the damaged file (or remove its "
+                            f"entry from the annotation file) and rerun the same command")
+        if self.to_float32:
+            img = img.astype(np.float32)
+        results["img"] = img
+        results["img_shape"] = img.shape[:2]
+        results["ori_shape"] = img.shape[:2]
+        return results
 
 
 # ----------------------------------------------------------------------- test time

@@ -9,7 +9,8 @@ as ``python -m benchmarks.run ARGS`` does (:mod:`forked_cli`). Two cases
 
 Plan-time problems are answered by ``--dry-run``; data and checkpoint problems before
 any training, except a corrupt image, which is found when it is read: the run stops,
-naming the file (see :func:`tasks.data.imagefolder.load_image`).
+naming the file, in classification (:func:`tasks.data.imagefolder.load_image`) and in
+detection alike (:class:`tasks.vitdet.CheckedLoadImageFromFile`).
 """
 from __future__ import annotations
 
@@ -71,6 +72,19 @@ def _imagefolder(root: Path, corrupt: bool = False) -> Path:
     if corrupt:
         (root / "train" / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     return root
+
+
+def _coco_with_a_truncated_image(root: Path) -> tuple[Path, Path]:
+    """Generated COCO 2017 folders (two training scenes, both with objects) whose first
+    training image is cut in half, as an interrupted copy leaves it: (root, that image)."""
+    from tasks.data.coco_synthetic import write_coco
+
+    write_coco(root, num_train=2, num_val=1, size=64, empty_fraction=0.0)
+    ann = json.loads((root / "annotations" / "instances_train2017.json").read_text())
+    image = root / "train2017" / ann["images"][0]["file_name"]
+    data = image.read_bytes()
+    image.write_bytes(data[: len(data) // 2])
+    return root, image
 
 
 # ------------------------------------------------------------------ the data roots
@@ -169,6 +183,11 @@ CASES = {
                        "--cfg-options", "tasks.imagenet.finetune.epochs=1",
                        "tasks.imagenet.finetune.global_batch_size=4"],
                       "cannot read image {corrupt}/train/a/broken.jpg"),
+    "corrupt coco image": (["--method", "scratch", "--task", "coco", "--data-root", "{corrupt_coco}",
+                            "--cfg-options", "tasks.coco.finetune.epochs=1",
+                            "tasks.coco.finetune.global_batch_size=2"],
+                           "cannot read image {corrupt_coco_image} (a JPEG that ends before its "
+                           "end-of-image marker"),
     # a cached checkpoint that is garbage, or of another architecture: named, left alone
     "garbage cached checkpoint": ([*PLAN, "--cfg-options", *TINY_CIFAR],
                                   "cannot read encoder checkpoint "),
@@ -186,6 +205,9 @@ def test_bad_input_is_one_line_and_touches_nothing(case, dirs, tmp_path):
             roots[kind] = str(_root(kind, tmp_path / "data"))
     if any("{corrupt}" in a for a in args):
         roots["corrupt"] = str(_imagefolder(tmp_path / "data" / "corrupt", corrupt=True))
+    if any("{corrupt_coco}" in a for a in args):
+        root, image = _coco_with_a_truncated_image(tmp_path / "data" / "coco")
+        roots.update(corrupt_coco=str(root), corrupt_coco_image=str(image))
     if case.endswith("cached checkpoint"):
         folder = _cached_checkpoint_path(TINY_CIFAR, cache)
         folder.mkdir(parents=True)
@@ -211,7 +233,7 @@ def test_bad_input_is_one_line_and_touches_nothing(case, dirs, tmp_path):
     # no result: at most the cell's failed record (a data error found mid-run)
     new = [json.loads(p.read_text()) for p in out.rglob("*.json") if str(p) not in before]
     assert all(r.get("status") == "failed" and not r.get("metrics") for r in new), (case, new)
-    assert not new or case == "corrupt image", (case, new)
+    assert not new or case in ("corrupt image", "corrupt coco image"), (case, new)
 
 
 def test_debug_shows_the_traceback(dirs, tmp_path):

@@ -300,3 +300,41 @@ def test_reader_check_accepts_real_layouts_and_rejects_bad_entries_with_one_line
     ann_file.write_text(json.dumps(good))
     with pytest.raises(DataError, match="different categories"):
         check_coco_annotations(root, "val", classes=("a",))
+
+
+def test_a_damaged_image_is_one_error_naming_it_and_a_whole_one_loads_as_mmcv_loads_it(folder, tmp_path):
+    """The detection pipelines' loader: mmcv's pixels for whole files (an RGB and a
+    grayscale JPEG); a file cut short, garbage or empty is a DataError naming it (the
+    command prints it as its one line and stops)."""
+    import io
+    import re
+
+    from mmcv.transforms import LoadImageFromFile
+
+    from engine.errors import DataError
+    from tasks.data.coco import image_damage
+    from tasks.vitdet import CheckedLoadImageFromFile
+
+    for img_id, w, h, _ in IMAGES:
+        path = str(folder / "train2017" / f"{img_id:012d}.jpg")
+        ours = CheckedLoadImageFromFile().transform({"img_path": path})
+        theirs = LoadImageFromFile().transform({"img_path": path})
+        assert np.array_equal(ours["img"], theirs["img"]) and ours["img"].shape == (h, w, 3)
+        assert ours["ori_shape"] == ours["img_shape"] == (h, w)
+    jpeg = (folder / "train2017" / "000000000001.jpg").read_bytes()
+    damaged = {"half.jpg": (jpeg[: len(jpeg) // 2], f"truncated at {len(jpeg) // 2} bytes"),
+               "last_byte.jpg": (jpeg[:-1], f"truncated at {len(jpeg) - 1} bytes"),
+               "garbage.jpg": (b"not an image at all", "cv2 cannot decode it"),
+               "empty.jpg": (b"", "the file is empty")}
+    for name, (data, why) in damaged.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(DataError, match=re.escape(f"cannot read image {path} (") + ".*" + re.escape(why)):
+            CheckedLoadImageFromFile().transform({"img_path": str(path)})
+    with pytest.raises(DataError, match=re.escape(f"cannot read image {tmp_path / 'gone.jpg'} (FileNotFound")):
+        CheckedLoadImageFromFile().transform({"img_path": str(tmp_path / "gone.jpg")})
+    assert image_damage(jpeg + b"\x00" * 16) is None  # bytes after the end-of-image marker: whole
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, "PNG")
+    assert image_damage(png.getvalue()) is None
+    assert "a PNG without its IEND chunk" in image_damage(png.getvalue()[:-4])

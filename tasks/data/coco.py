@@ -7,6 +7,11 @@ training so that a wrong file fails with one line naming it:
 - :func:`check_coco_root`: the folders and annotation files of :data:`COCO_LAYOUT`;
 - :func:`check_coco_annotations`: one annotation file against what mmdet's reader needs
   (categories, image sizes and files, boxes, the three mask encodings);
+- :func:`image_damage`: what is wrong with an image file's bytes (a truncated JPEG or
+  PNG, an empty file); the pipelines load images through
+  :class:`tasks.vitdet.CheckedLoadImageFromFile`, which stops the run naming a damaged
+  file when it is read (as the classification data sets do: a benchmark number is over
+  the data set as published, and a skipped image would silently change it);
 - :func:`coco_classes`: category names in the file's order (labels index this list);
 - :func:`train_pipeline` / :func:`eval_pipeline`: mmdet's loading and augmentation
   pipelines (ViTDet's large-scale jitter; resize and pad at test time);
@@ -23,7 +28,8 @@ from pathlib import Path
 from engine.errors import DataError
 
 __all__ = ["COCO_LAYOUT", "check_coco_root", "coco_classes", "check_coco_annotations",
-           "train_pipeline", "eval_pipeline", "build_coco_dataset", "count_annotated_images"]
+           "image_damage", "train_pipeline", "eval_pipeline", "build_coco_dataset",
+           "count_annotated_images"]
 
 COCO_LAYOUT = ("train2017/, val2017/, annotations/instances_train2017.json, "
                "annotations/instances_val2017.json")
@@ -137,11 +143,36 @@ def check_coco_annotations(root: Path, split: str, classes=None) -> tuple[str, .
     return names
 
 
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def image_damage(data: bytes) -> str | None:
+    """Why an image file's bytes are damaged, or None. Checked from the file's structure,
+    not left to the decoder: libjpeg treats a JPEG that ends early as a warning and
+    fills the missing rows with grey, so whether a truncated file is refused depends on
+    the decoder and its version (our choice). A JPEG is whole when an end-of-image
+    marker (FF D9) follows its last start-of-scan marker (FF DA; an embedded EXIF
+    thumbnail's markers come before the image's, and inside the compressed data an FF
+    byte is always followed by 00 or a restart marker), a PNG when it has its IEND chunk.
+    Other formats are left to the decoder."""
+    if not data:
+        return "the file is empty"
+    if data[:2] == b"\xff\xd8":
+        scan = data.rfind(b"\xff\xda")
+        if scan < 0 or data.find(b"\xff\xd9", scan) < 0:
+            return f"a JPEG that ends before its end-of-image marker: truncated at {len(data)} bytes"
+    elif data[:8] == _PNG:
+        end = data.rfind(b"IEND")
+        if end < 0 or len(data) < end + 8:  # the chunk type, then its 4-byte CRC
+            return f"a PNG without its IEND chunk: truncated at {len(data)} bytes"
+    return None
+
+
 def train_pipeline(size: int, ratio_range=(0.1, 2.0), pad_val: int = 114, hflip: float = 0.5):
     """Large-scale jitter (ViTDet): flip, resize by a random ratio of ``size``, crop
     ``size`` x ``size``, pad to it."""
     return [
-        dict(type="LoadImageFromFile", backend_args=None),
+        dict(type="CheckedLoadImageFromFile", backend_args=None),
         dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
         dict(type="RandomFlip", prob=hflip),
         dict(type="RandomResize", scale=(size, size), ratio_range=tuple(ratio_range), keep_ratio=True),
@@ -160,7 +191,7 @@ def eval_pipeline(size: int, pad_val: int = 114):
     outside the original image. Annotations are loaded after resizing, in original
     coordinates, as mmdet's test pipelines do (CocoMetric reads the file anyway)."""
     return [
-        dict(type="LoadImageFromFile", backend_args=None),
+        dict(type="CheckedLoadImageFromFile", backend_args=None),
         dict(type="Resize", scale=(size, size), keep_ratio=True),
         dict(type="PadKeepImageShape", size=(size, size), pad_val=dict(img=(pad_val,) * 3)),
         dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
