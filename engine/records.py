@@ -104,15 +104,17 @@ MAX_VARIANT_IN_NAME = 120
 
 def variant_tag(variant: str) -> str:
     """``[<variant>]`` for a record's file name; a variant longer than
-    :data:`MAX_VARIANT_IN_NAME` keeps its start and gains a hash of the whole (the record
-    itself holds every value)."""
+    :data:`MAX_VARIANT_IN_NAME` keeps its start and its end (options are sorted, so e.g.
+    ``protocol.name=...`` stays readable) around a hash of the whole (the record itself
+    holds every value)."""
     from .plan import stable_hash
 
     if not variant:
         return ""
     slug = _slug(variant)
     if len(slug) > MAX_VARIANT_IN_NAME:
-        slug = f"{slug[:MAX_VARIANT_IN_NAME - 12]}...{stable_hash(variant, 8)}"
+        keep = (MAX_VARIANT_IN_NAME - 14) // 2
+        slug = f"{slug[:keep]}...{stable_hash(variant, 8)}...{slug[-keep:]}"
     return f"[{slug}]"
 
 

@@ -96,6 +96,8 @@ def test_eeg_task_runs_end_to_end_on_generated_records(tmp_path, monkeypatch):
                       cfg_options=TINY_EEG, log=lambda *_: None)
     m = record["metrics"]
     assert -1.0 <= m["kappa"] <= 1.0 and 0 <= m["acc"] <= 100 and 0 <= m["macro_f1"] <= 1
+    # finetuning is checked as the image tasks' is: its last epoch's loss, and warnings
+    assert m["final_train_loss"] > 0 and isinstance(record["warnings"], list)
     splits = m["data"]["splits"]
     assert (splits["pretrain"]["records"], splits["finetune"]["records"],
             splits["test"]["records"]) == (4, 2, 2)
