@@ -163,10 +163,24 @@ class PatchSampler:
         return shuffle_boxes(grid_windows(x.shape[0], x.shape[-1], self.patch_size, x.device),
                              generator)
 
+    def largest_side(self, x: torch.Tensor) -> float:
+        """The largest box side (or window length) this sampler draws for ``x``, known
+        without reading the boxes: ``box_size`` off the grid, the patch size on it, and
+        ``min(2P, H, W)`` for scale/aspect boxes (the bound of eq. 5's draw)."""
+        if self.mode == "scale_aspect":
+            return float(min(2.0 * self.patch_size, *x.shape[-2:]))
+        return self.box_size if self.mode == "offgrid" else float(self.patch_size)
+
     def extract(self, x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Cut out ``boxes`` drawn by this sampler. roi_align's sub-sampling follows
+        :meth:`largest_side` rather than the boxes' actual maximum, which a GPU would have
+        to hand to the host in every step. Off and on the grid the two are the same
+        number; for scale/aspect boxes they give the same ratio (2) unless every box of
+        the batch is at most P wide and high."""
+        largest = self.largest_side(x)
         if self.modality == "1d":
-            return extract_windows(x, boxes, self.patch_size)
-        return extract_patches(x, boxes, self.patch_size)
+            return extract_windows(x, boxes, self.patch_size, largest)
+        return extract_patches(x, boxes, self.patch_size, largest)
 
 
 def box_centres(boxes: torch.Tensor) -> torch.Tensor:
@@ -174,10 +188,12 @@ def box_centres(boxes: torch.Tensor) -> torch.Tensor:
     return boxes[..., :2] + boxes[..., 2:] / 2
 
 
-def _sampling_ratio(boxes: torch.Tensor, out_size: int) -> int:
+def _sampling_ratio(boxes: torch.Tensor, out_size: int, largest: float | None = None) -> int:
     # One ratio for the whole batch (roi_align takes a scalar): enough sub-samples for
     # the largest box, so a box bigger than the output is averaged rather than aliased.
-    largest = float(boxes[..., 2:].max()) if boxes.numel() else out_size
+    # ``largest`` None: read from the boxes (a host read of a device value).
+    if largest is None:
+        largest = float(boxes[..., 2:].max()) if boxes.numel() else out_size
     return max(1, math.ceil(largest / out_size))
 
 
@@ -189,14 +205,16 @@ def _rois(boxes: torch.Tensor) -> torch.Tensor:
     return torch.cat([index[:, None], xyxy.reshape(b * n, 4)], dim=1)
 
 
-def extract_patches(images: torch.Tensor, boxes: torch.Tensor, patch_size: int) -> torch.Tensor:
+def extract_patches(images: torch.Tensor, boxes: torch.Tensor, patch_size: int,
+                    largest: float | None = None) -> torch.Tensor:
     """Cut every box out of its image and resize it to ``patch_size``: one batched call.
 
     images ``(B, C, H, W)``, boxes ``(B, N, 4)`` -> patches ``(B, N, C, P, P)``.
+    ``largest``: the largest box side, when the caller knows it (else read from ``boxes``).
     """
     b, n, _ = boxes.shape
     out = roi_align(images, _rois(boxes).to(images.dtype), output_size=patch_size,
-                    spatial_scale=1.0, sampling_ratio=_sampling_ratio(boxes, patch_size),
+                    spatial_scale=1.0, sampling_ratio=_sampling_ratio(boxes, patch_size, largest),
                     aligned=True)
     return out.view(b, n, images.shape[1], patch_size, patch_size)
 
@@ -219,17 +237,21 @@ def grid_windows(batch_size: int, length: int, window: int, device=None) -> torc
     return wins.unsqueeze(0).expand(batch_size, -1, -1).contiguous()
 
 
-def extract_windows(signals: torch.Tensor, windows: torch.Tensor, window: int) -> torch.Tensor:
+def extract_windows(signals: torch.Tensor, windows: torch.Tensor, window: int,
+                    largest: float | None = None) -> torch.Tensor:
     """signals ``(B, C, T)``, windows ``(B, N, 2)`` -> ``(B, N, C, window)``.
 
     The 1D analogue of :func:`extract_patches`: a signal is an image of height 1 and a
-    window a box of height 1, so the same batched resampling applies.
+    window a box of height 1, so the same batched resampling applies. ``largest``: the
+    longest window, when the caller knows it (else read from ``windows``).
     """
     b, n, _ = windows.shape
     zeros = torch.zeros_like(windows[..., :1])
     ones = torch.ones_like(windows[..., :1])
     boxes = torch.cat([windows[..., :1], zeros, windows[..., 1:], ones], dim=-1)
-    ratio = max(1, math.ceil(float(windows[..., 1].max()) / window)) if windows.numel() else 1
+    if largest is None:
+        largest = float(windows[..., 1].max()) if windows.numel() else window
+    ratio = max(1, math.ceil(largest / window))
     out = roi_align(signals.unsqueeze(2), _rois(boxes).to(signals.dtype), output_size=(1, window),
                     spatial_scale=1.0, sampling_ratio=ratio, aligned=True)
     return out.view(b, n, signals.shape[1], window)
