@@ -75,8 +75,8 @@ from methods.backbone import ENCODER_ARCHS
 from .data.coco import image_damage
 
 __all__ = ["ViTDetBackbone", "SimpleFeaturePyramid", "LayerNorm2d", "RelPosAttention", "mmdet_scope",
-           "CheckedLoadImageFromFile", "PadKeepImageShape", "FiniteDeltaXYWHBBoxCoder", "ValidBoxRoIHead", "DroppedBoxesMetric",
-           "valid_boxes"]
+           "CheckedLoadImageFromFile", "PadKeepImageShape", "FiniteDeltaXYWHBBoxCoder", "ValidBoxRoIHead",
+           "DroppedBoxesMetric", "valid_boxes"]
 
 
 def mmdet_scope() -> None:
@@ -288,7 +288,8 @@ class CheckedLoadImageFromFile(LoadImageFromFile):
         try:
             data = fileio.get(path, backend_args=self.backend_args)
         except OSError as exc:
-            raise DataError(f"cannot read image {path} ({type(exc).__name__}: {exc.strerror or exc})") from None
+            why = f"{type(exc).__name__}: {exc.strerror or exc}"
+            raise DataError(f"cannot read image {path} ({why})") from None
         why = image_damage(data)
         img = None
         if why is None:

@@ -331,8 +331,9 @@ def test_a_damaged_image_is_one_error_naming_it_and_a_whole_one_loads_as_mmcv_lo
         path.write_bytes(data)
         with pytest.raises(DataError, match=re.escape(f"cannot read image {path} (") + ".*" + re.escape(why)):
             CheckedLoadImageFromFile().transform({"img_path": str(path)})
-    with pytest.raises(DataError, match=re.escape(f"cannot read image {tmp_path / 'gone.jpg'} (FileNotFound")):
-        CheckedLoadImageFromFile().transform({"img_path": str(tmp_path / "gone.jpg")})
+    gone = tmp_path / "gone.jpg"
+    with pytest.raises(DataError, match=re.escape(f"cannot read image {gone} (FileNotFoundError")):
+        CheckedLoadImageFromFile().transform({"img_path": str(gone)})
     assert image_damage(jpeg + b"\x00" * 16) is None  # bytes after the end-of-image marker: whole
     png = io.BytesIO()
     Image.new("RGB", (8, 8)).save(png, "PNG")
