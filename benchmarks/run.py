@@ -262,6 +262,21 @@ def cell_record_path(method: str, task: str, *, preset: str = "tiny", seed: int 
                                       cfg_options=cfg_options, row=row))
 
 
+def runtime_here(loader) -> dict:
+    """How the loader section's precision and compile switches resolve on this machine
+    (a plan made on a login node says what a GPU node would do in ``format_plan``)."""
+    from engine.errors import ConfigError
+    from engine.precision import DeviceCaps, resolve_precision
+
+    caps = DeviceCaps.probe()
+    try:
+        resolved = resolve_precision(loader.precision, caps)
+    except ConfigError as exc:
+        resolved = f"refused here: {exc}"
+    return dict(device=caps.name, precision=loader.precision, precision_here=resolved,
+                pin_memory=caps.cuda, compile=loader.compile)
+
+
 def describe_plan(plan, cache_root: Path, out=None) -> dict:
     """Everything ``--dry-run`` shows, as one dict (``--json`` prints it as is)."""
     from engine.errors import PartBenchError
@@ -319,6 +334,7 @@ def describe_plan(plan, cache_root: Path, out=None) -> dict:
         info["checkpoint"] = dict(key=folder.name, cached=is_pretrained(folder), path=str(folder))
     else:
         info["checkpoint"] = dict(key=None, cached=False, path=None)
+    info["runtime"] = runtime_here(plan.loader)
     rec = record_path(out, plan)
     info["record"] = dict(path=str(rec), exists=rec.exists())
     info["work_dir"] = str(work_dir_of(plan, rec, data, cache_root))
@@ -470,7 +486,11 @@ def _record_failure(plan, exc, phase, pretrained, wall, data, path: Path, work_d
 
     if not is_main_process():
         return
-    failure = dict(phase=phase, step=_current_step(), error=type(exc).__name__,
+    from engine.errors import TrainingError
+
+    # a loss read some iterations after it was computed names its own iteration
+    step = exc.step if isinstance(exc, TrainingError) and exc.step is not None else _current_step()
+    failure = dict(phase=phase, step=step, error=type(exc).__name__,
                    reason=" ".join(str(exc).split()))
     if _status(path) == "ok":
         log(f"[run] failed ({failure['reason']}); the existing ok record {path} is kept")

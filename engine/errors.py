@@ -14,4 +14,10 @@ class DataError(PartBenchError):
 
 
 class TrainingError(PartBenchError):
-    """Training diverged (NaN/inf loss) or could not continue."""
+    """Training diverged (NaN/inf loss) or could not continue. ``step``: the training
+    iteration (1-based) the error is about, when it is not the one the loop is at
+    (a loss read some iterations after it was computed); the failed record names it."""
+
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(message)
+        self.step = step

@@ -255,9 +255,23 @@ class DetectorPlan:
 
 @dataclass(frozen=True)
 class LoaderPlan:
-    """Knobs that never change the weights (not part of any cache key)."""
+    """How the data reach the device and how a step runs on it; not part of any cache key.
+
+    ``precision``: ``auto`` (bf16 autocast on a GPU with native bfloat16, fp16 with loss
+    scaling on an older GPU, fp32 on a CPU), ``bf16``, ``fp16`` or ``fp32``, resolved by
+    :func:`engine.runner.build_runner` on the device it trains on
+    (:mod:`engine.precision`); the resolved value is in each phase's throughput entry.
+    ``compile``: ``torch.compile`` the model's forward inside the Runner (off by default).
+    ``log_interval``: iterations between log lines, and between the moments the
+    training loop reads losses and stop requests from the device (:mod:`engine.runner`).
+
+    Precision and compile change the rounding of a run, not its recipe: like the device
+    and the world size they are left out of the pretrained checkpoint's key, so a cached
+    bf16 pretraining is reused by an fp32 run of the same recipe (our choice)."""
     num_workers: int = 8
     log_interval: int = 50
+    precision: str = "auto"
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -459,6 +473,16 @@ def _check_values(plan_sections: dict, sources: dict, where: str) -> None:
             v = getattr(sched, k)
             if v < 0:
                 bad(f"{name}.{k}", v, ">= 0")
+    loader = plan_sections.get("loader")
+    if loader is not None:
+        from .precision import PRECISIONS
+
+        if loader.precision not in PRECISIONS:
+            bad("loader.precision", loader.precision, f"one of {', '.join(PRECISIONS)}")
+        if not isinstance(loader.compile, bool):
+            bad("loader.compile", loader.compile, "true or false")
+        if not whole(loader.log_interval) or loader.log_interval < 1:
+            bad("loader.log_interval", loader.log_interval, "an integer >= 1")
     enc = plan_sections["encoder"]
     for k in ("img_size", "patch_size", "in_chans"):
         v = getattr(enc, k)
@@ -652,7 +676,7 @@ def resolve_plan(cfg: dict, method: str, task: str, *, seed: int = 0, world_size
     else:
         pretrain_data = data
 
-    _check_values(dict(pretrain=pretrain, finetune=finetune, encoder=encoder), layers.sources,
+    _check_values(dict(pretrain=pretrain, finetune=finetune, encoder=encoder, loader=loader), layers.sources,
                   f"{method}/{task} ({preset})")
     if cls.pretrains:
         _check_method(cls, method, task, preset, encoder, method_cfg, layers.sources)
@@ -798,6 +822,14 @@ def format_plan(info: dict) -> str:
         if it:
             lines.append(f"  {phase} iterations: {it['per_epoch']} per epoch x {it['epochs']} "
                          f"epochs = {it['total']} ({it['num_images']} images, {it['count']})")
+    rt = info.get("runtime")
+    if rt:
+        lines.append(f"  on this machine ({rt['device']}): precision {rt['precision']} -> "
+                     f"{rt['precision_here']}; pinned memory {'on' if rt['pin_memory'] else 'off'}; "
+                     f"torch.compile {'on' if rt['compile'] else 'off'}")
+        if rt["precision"] == "auto":
+            lines.append("    (auto: bf16 autocast on a GPU with native bfloat16, fp16 with loss "
+                         "scaling on an older GPU, fp32 on a CPU)")
     ck = info["checkpoint"]
     if ck["key"]:
         lines.append(f"  checkpoint: {ck['key']}  cached: {'yes' if ck['cached'] else 'no'}  "

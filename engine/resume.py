@@ -20,6 +20,9 @@
   limit) sets a flag; after the current iteration the hook saves ``iter_<N>.pth``,
   points ``last_checkpoint`` at it and raises :class:`Preempted`. The command prints
   one line and exits with status 143; the same command resumes from that iteration.
+  Under DDP the ranks agree on the flag at the next sync iteration (at most
+  ``log_interval`` - 1 iterations later: :mod:`engine.hostsync`), not every iteration:
+  the agreement is a collective whose result the host must read.
 """
 from __future__ import annotations
 
@@ -35,10 +38,12 @@ import numpy as np
 import torch
 from mmengine.dist import is_main_process, master_only
 from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS, LOOPS
 from mmengine.runner import EpochBasedTrainLoop, Runner
 
 from .atomic import atomic_write, atomic_write_json
+from .hostsync import DeferredReads, sync_iteration, world_size
 
 __all__ = ["SuiteRunner", "ResumableEpochBasedTrainLoop", "ResumeStateHook", "PreemptionHook",
            "Preempted", "pick_resume_checkpoint", "read_resumes", "rng_state", "set_rng_state"]
@@ -111,10 +116,15 @@ def read_resumes(work_dir) -> list[dict]:
 
 
 class SuiteRunner(Runner):
-    """mmengine's Runner with atomic checkpoint writes and a validated resume."""
+    """mmengine's Runner with atomic checkpoint writes, a validated resume, the device
+    reads its hooks deferred done before a checkpoint is written, and ``torch.compile``
+    applied to the model's forward only (:meth:`_maybe_compile`)."""
 
     @master_only
     def save_checkpoint(self, out_dir, filename, *args, **kwargs):
+        for hook in self.hooks:  # a non-finite loss not yet read stops the save here
+            if isinstance(hook, DeferredReads):
+                hook.flush(self)
         tmp = Path(out_dir) / f".{filename}.tmp"
         try:
             super().save_checkpoint(out_dir, tmp.name, *args, **kwargs)
@@ -126,6 +136,23 @@ class SuiteRunner(Runner):
             raise
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _maybe_compile(self, target: str) -> None:
+        """``cfg.compile`` (True or ``torch.compile`` options): mmengine 0.10.7 compiles the
+        wrapped model's ``train_step`` (data preprocessing, forward, loss parsing and the
+        optimizer wrapper's backward and update, in one traced function). We compile the
+        model's forward only, with ``nn.Module.compile`` (parameter names unchanged, so
+        checkpoints load into an eager model); backward runs through the compiled graph's
+        autograd, and the optimizer step, loss parsing and hooks stay eager. A compiled
+        run's random draws and reduction order need not match an eager run's bit for bit."""
+        options = self.cfg.get("compile", None)
+        if not options or target != "train_step":
+            return
+        options = {} if options is True else dict(options)
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        model.compile(**options)
+        self.logger.info(f"torch.compile: the model's forward ({type(model).__name__}) is compiled "
+                         f"on its first call ({options or 'default options'})")
 
     def load_or_resume(self) -> None:
         if self._has_loaded:
@@ -215,11 +242,15 @@ class ResumeStateHook(Hook):
 
 @HOOKS.register_module()
 class PreemptionHook(Hook):
-    """On SIGTERM: finish the current iteration, save a checkpoint, stop (module docstring)."""
+    """On SIGTERM: finish the current iteration, save a checkpoint, stop (module docstring).
+    One process stops after the iteration the signal arrived in (the flag is a host
+    value); under DDP the flag is reduced over the ranks at sync iterations (every
+    ``interval`` batches and an epoch's last), so every rank stops at the same step."""
 
     priority = "LOWEST"  # after every other hook of the iteration (scheduler step, logging)
 
-    def __init__(self):
+    def __init__(self, interval: int = 1):
+        self.interval = max(1, int(interval))
         self.requested = False
         self._previous = None
 
@@ -239,13 +270,18 @@ class PreemptionHook(Hook):
             self._previous = None
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        flag = torch.tensor([1.0 if self.requested else 0.0])
-        import torch.distributed as dist
+        if world_size() > 1:
+            if not sync_iteration(runner, batch_idx, self.interval):
+                return
+            import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            flag = flag.to(next(runner.model.parameters()).device)
+            flag = torch.tensor([1.0 if self.requested else 0.0],
+                                device=next(runner.model.parameters()).device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank stops at the same step
-        if flag.item() == 0:
+            stop = flag.item() > 0
+        else:
+            stop = self.requested
+        if not stop:
             return
         done, in_epoch = runner.iter + 1, batch_idx + 1
         name = f"iter_{done}.pth"

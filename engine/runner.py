@@ -2,14 +2,19 @@
 
 - :func:`build_runner` turns the suite's small schedule config (epochs, batch, lr,
   warmup, ...) into a Runner with AdamW, linear warmup + cosine decay per iteration,
-  AMP when a GPU is present, DDP when started by ``torchrun``, a log line with ETA
-  every few iterations, a checkpoint per epoch (the last two kept, written atomically),
-  a checkpoint on SIGTERM, and automatic resume from the last whole checkpoint in its
-  work dir, mid-epoch included (:mod:`engine.resume`).
+  the plan's precision resolved on this device (bf16 autocast on a GPU that has it,
+  fp16 with loss scaling on an older one, fp32 on a CPU: :mod:`engine.precision`),
+  pinned-memory loaders on a GPU, an optional ``torch.compile`` of the model's forward,
+  DDP when started by ``torchrun``, a log line with ETA every few iterations, a
+  checkpoint per epoch (the last two kept, written atomically), a checkpoint on
+  SIGTERM, and automatic resume from the last whole checkpoint in its work dir,
+  mid-epoch included (:mod:`engine.resume`).
 - :class:`LayerDecayOptimWrapperConstructor` gives mmengine timm's layer-wise lr decay
   parameter groups (each group's lr is the base lr times timm's ``lr_scale``; mmengine's
   schedulers then scale every group alike).
-- :class:`FiniteLossHook` stops a run whose loss is NaN/inf with one clear error.
+- :class:`FiniteLossHook` stops a run whose loss is NaN/inf with one clear error. Like
+  every hook of the suite it reads the device only at log intervals
+  (:mod:`engine.hostsync`), so a step never waits for the GPU on its account.
 - :func:`trust_suite_checkpoints`: mmengine 0.10.7 calls ``torch.load`` without
   ``weights_only``, which torch >= 2.6 defaults to True, so its own resume fails on the
   objects it pickles (message-hub history buffers, numpy scalars). We allow exactly
@@ -31,13 +36,16 @@ from mmengine.runner import Runner
 from timm.data.distributed_sampler import RepeatAugSampler
 
 from .errors import TrainingError
+from .hostsync import DeferredReads, DeferredRuntimeInfoHook, sync_iteration, world_size
 from .optim import LayerDecayOptimWrapperConstructor  # registered there; re-exported
+from .plan import LoaderPlan
+from .precision import DeviceCaps, optim_wrapper_type, resolve_precision
 from .resume import SuiteRunner  # registers the resumable loop and the resume hooks
 from .throughput import ThroughputHook  # registered there: samples/s, memory, MFU per phase
 
 __all__ = ["SuiteModel", "build_runner", "trust_suite_checkpoints", "LayerDecayOptimWrapperConstructor",
            "FiniteLossHook", "TrainingProgressHook", "launcher_from_env", "export_slurm_ranks",
-           "use_cuda"]
+           "DeferredRuntimeInfoHook", "DeviceCaps"]
 
 
 _TRUSTED = False
@@ -81,7 +89,14 @@ class SuiteModel(BaseModel):
     ``init_weights`` on the encoder, silently replacing loaded weights with random
     ones. So this is a no-op; the Runner still broadcasts the parameters from rank 0
     right after it, which keeps DDP replicas identical.
+
+    The data preprocessor copies each batch to the device with ``non_blocking=True``
+    (mmengine's default is blocking): from the pinned memory the loaders use on a GPU
+    the copy then queues behind the previous step instead of waiting for it.
     """
+
+    def __init__(self):
+        super().__init__(data_preprocessor=dict(type="BaseDataPreprocessor", non_blocking=True))
 
     def init_weights(self):
         pass
@@ -91,10 +106,6 @@ class SuiteModel(BaseModel):
 
     def on_train_iter_end(self) -> None:
         """After each optimizer step (no-op by default)."""
-
-
-def use_cuda() -> bool:
-    return torch.cuda.is_available()
 
 
 def launcher_from_env(env=None) -> str:
@@ -123,28 +134,64 @@ def export_slurm_ranks(env=None) -> None:
 
 
 @HOOKS.register_module()
-class FiniteLossHook(Hook):
-    """Stop at the first non-finite loss with a :class:`TrainingError`, on every rank
-    at once: the flag is reduced over the process group, so no rank is left waiting
-    in the next collective while another has raised."""
+class FiniteLossHook(Hook, DeferredReads):
+    """Stop at a non-finite loss with a :class:`TrainingError`, on every rank at once.
+
+    The losses are kept on the device and read at sync iterations only (every
+    ``interval`` batches and an epoch's last: :mod:`engine.hostsync`), so a NaN at
+    iteration k stops the run at the next sync iteration; the error names iteration k
+    (the first non-finite one) and the range read together. Under DDP the first bad
+    iteration is reduced (minimum) over the process group at that sync iteration, so
+    every rank raises there and none is left waiting in a collective. Before any
+    checkpoint is written, the losses held are read (:meth:`flush`), so no checkpoint
+    holds weights past a non-finite loss."""
 
     priority = "VERY_HIGH"
 
+    def __init__(self, interval: int = 1):
+        self.interval = max(1, int(interval))
+        self._pending: list[tuple[int, int, torch.Tensor]] = []  # (iteration, epoch, loss), 1-based
+
+    def before_train(self, runner) -> None:
+        self._pending = []
+
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         loss = (outputs or {}).get("loss")
-        if loss is None:
-            return
-        loss = torch.as_tensor(loss).detach()
-        bad = torch.tensor([0.0 if torch.isfinite(loss).all() else 1.0], device=loss.device)
-        import torch.distributed as dist
+        if loss is not None:
+            self._pending.append((runner.iter + 1, runner.epoch + 1, torch.as_tensor(loss).detach()))
+        if sync_iteration(runner, batch_idx, self.interval):
+            self._check(runner, collective=True)
 
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        if bad.item() > 0:
-            what = (f"loss became {float(loss)}" if not torch.isfinite(loss).all()
-                    else "loss became non-finite on another rank")
-            raise TrainingError(f"{what} at iteration {runner.iter + 1} (epoch {runner.epoch + 1}); "
-                                f"lower the learning rate or check the data. Work dir: {runner.work_dir}")
+    def flush(self, runner) -> None:
+        self._check(runner, collective=False)
+
+    def _check(self, runner, collective: bool) -> None:
+        pending, self._pending = self._pending, []
+        first = None  # this rank's first non-finite (iteration, epoch, loss)
+        if pending:
+            finite = torch.stack([torch.isfinite(loss).all() for _, _, loss in pending]).tolist()
+            first = next((p for p, ok in zip(pending, finite) if not ok), None)
+        bad_iter = first[0] if first else None
+        if collective and world_size() > 1:
+            import torch.distributed as dist
+
+            none = runner.max_iters + 1
+            t = torch.tensor([bad_iter or none], dtype=torch.int64,
+                             device=next(runner.model.parameters()).device)
+            dist.all_reduce(t, op=dist.ReduceOp.MIN)
+            got = int(t.item())
+            bad_iter = got if got != none else None
+        if bad_iter is None:
+            return
+        epochs = {it: ep for it, ep, _ in pending}
+        where = f"iteration {bad_iter} (epoch {epochs.get(bad_iter, runner.epoch + 1)})"
+        what = (f"loss became {float(first[2])} at {where}" if first and first[0] == bad_iter
+                else f"loss became non-finite on another rank at {where}")
+        read = f"{pending[0][0]}-{runner.iter + 1}" if pending else f"{runner.iter + 1}"
+        raise TrainingError(f"{what}; stopped at iteration {runner.iter + 1} (losses are read from the "
+                            f"device every {self.interval} iterations: iterations {read} read together); "
+                            f"lower the learning rate or check the data. Work dir: {runner.work_dir}",
+                            step=bad_iter)
 
 
 @DATA_SAMPLERS.register_module()
@@ -217,7 +264,7 @@ def build_runner(model, work_dir: str | Path, train_dataset, *, schedule, batch_
                  experiment_name: str | None = None,
                  optim_constructor: str = "LayerDecayOptimWrapperConstructor",
                  param_rule: str = "timm",
-                 default_scope: str = "mmengine") -> Runner:
+                 default_scope: str = "mmengine", device: DeviceCaps | None = None) -> Runner:
     """A Runner for one training job (see module docstring).
 
     ``schedule`` is a plan section (:class:`engine.plan.PretrainPlan`, ``FinetunePlan``
@@ -227,11 +274,19 @@ def build_runner(model, work_dir: str | Path, train_dataset, *, schedule, batch_
     for pretraining, ``timm`` for classification, ``vitdet`` for the detector),
     ``grad_accum``, ``repeated_aug``.
     ``batch_per_process`` is the plan's global batch / (world size x grad_accum);
-    ``loader`` the plan's loader section. ``default_scope`` is the registry scope the
+    ``loader`` the plan's loader section: workers, log interval, ``precision``
+    (resolved here against ``device``, by default this process's device:
+    :mod:`engine.precision`) and ``compile``. ``default_scope`` is the registry scope the
     Runner builds its parts in (``mmdet`` for detectors).
     """
     from .plan import iters_per_epoch
 
+    if not isinstance(loader, LoaderPlan):
+        # a loader given as workers and log interval only (the linear probe's, in
+        # tasks/protocols.py): the plan section's defaults for everything else
+        loader = LoaderPlan(num_workers=loader.num_workers, log_interval=loader.log_interval)
+    device = device or DeviceCaps.probe()
+    precision = resolve_precision(loader.precision, device)
     trust_suite_checkpoints()  # the Runner resumes from its own checkpoints
     work_dir = Path(work_dir)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -242,8 +297,7 @@ def build_runner(model, work_dir: str | Path, train_dataset, *, schedule, batch_
 
     optimizer = dict(type="AdamW", lr=schedule.lr, weight_decay=schedule.weight_decay,
                      betas=tuple(schedule.betas))
-    optim_wrapper = dict(type="AmpOptimWrapper" if use_cuda() else "OptimWrapper",
-                         optimizer=optimizer)
+    optim_wrapper = dict(optim_wrapper_type(precision), optimizer=optimizer)
     if schedule.grad_accum > 1:
         optim_wrapper["accumulative_counts"] = int(schedule.grad_accum)
     if schedule.grad_clip:
@@ -255,26 +309,39 @@ def build_runner(model, work_dir: str | Path, train_dataset, *, schedule, batch_
 
     sampler = (dict(type="SeededRepeatAugSampler", num_repeats=repeats, seed=seed) if repeats > 1
                else dict(type="DefaultSampler", shuffle=True))
-    # Workers end with each epoch: persistent ones outlive the Runner (mmengine keeps
-    # global references to it), and a table run would pile them up cell after cell.
+    # Workers end with each epoch, for two reasons. Persistent ones outlive the Runner
+    # (mmengine keeps global references to it), and a table run would pile them up cell
+    # after cell. And mmengine 0.10.7's default worker_init_fn seeds every worker with
+    # (seed, rank, worker id) alone, so workers started afresh each epoch give a resumed
+    # run the draws the uninterrupted one had; persistent workers would carry their
+    # random streams across epochs, which a resume (new workers) cannot reproduce.
+    # What this costs is the workers' start-up once per epoch (benchmarks.speed's data
+    # table, "first batch s"). Pinned memory on a GPU: the batch's copy to the device is
+    # then asynchronous (SuiteModel's preprocessor copies with non_blocking=True).
+    pin = bool(device.cuda)
     train_loader = dict(dataset=train_dataset, batch_size=batch_per_process,
-                        num_workers=loader.num_workers, persistent_workers=False,
+                        num_workers=loader.num_workers, persistent_workers=False, pin_memory=pin,
                         drop_last=drop_last, sampler=sampler, collate_fn=dict(type=collate_fn))
+    cfg = {}
+    if loader.compile:
+        cfg["compile"] = True  # the model's forward (SuiteRunner._maybe_compile)
     kwargs = {}
-    if launcher_from_env() == "pytorch" and not use_cuda():
+    if launcher_from_env() == "pytorch" and not device.cuda:
         # mmengine's own init_dist always selects a CUDA device; on CPU (gloo) the suite
         # starts the process group itself and wraps the model without device ids.
         import torch.distributed as dist
 
         if not dist.is_initialized():
             dist.init_process_group("gloo")
-        kwargs["cfg"] = dict(model_wrapper_cfg=dict(type="MMDistributedDataParallel", device_ids=None,
-                                                    broadcast_buffers=False))
+        cfg["model_wrapper_cfg"] = dict(type="MMDistributedDataParallel", device_ids=None,
+                                        broadcast_buffers=False)
+    if cfg:
+        kwargs["cfg"] = cfg
     if test_dataset is not None:
         kwargs.update(
             test_dataloader=dict(dataset=test_dataset, batch_size=test_batch_size or batch_per_process,
                                  num_workers=loader.num_workers, persistent_workers=False,
-                                 sampler=dict(type="DefaultSampler", shuffle=False),
+                                 pin_memory=pin, sampler=dict(type="DefaultSampler", shuffle=False),
                                  collate_fn=dict(type=collate_fn)),
             test_evaluator=test_evaluator, test_cfg=dict())
 
@@ -286,6 +353,8 @@ def build_runner(model, work_dir: str | Path, train_dataset, *, schedule, batch_
         optim_wrapper=optim_wrapper,
         param_scheduler=schedulers,
         default_hooks=dict(
+            # step outputs read from the device at log intervals only (engine.hostsync)
+            runtime_info=dict(type="DeferredRuntimeInfoHook", interval=loader.log_interval),
             timer=dict(type="IterTimerHook"),
             logger=dict(type="LoggerHook", interval=loader.log_interval),
             param_scheduler=dict(type="ParamSchedulerHook"),
@@ -294,11 +363,13 @@ def build_runner(model, work_dir: str | Path, train_dataset, *, schedule, batch_
                             save_last=True),
             sampler_seed=dict(type="DistSamplerSeedHook"),
         ),
-        custom_hooks=[dict(type="FiniteLossHook"), dict(type="TrainingProgressHook"),
-                      dict(type="ResumeStateHook"), dict(type="PreemptionHook"),
-                      dict(type="ThroughputHook", window=loader.log_interval)],
+        custom_hooks=[dict(type="FiniteLossHook", interval=loader.log_interval),
+                      dict(type="TrainingProgressHook"), dict(type="ResumeStateHook"),
+                      dict(type="PreemptionHook", interval=loader.log_interval),
+                      dict(type="ThroughputHook", window=loader.log_interval, precision=precision,
+                           compiled=bool(loader.compile))],
         launcher=launcher_from_env(),
-        env_cfg=dict(cudnn_benchmark=use_cuda(), dist_cfg=dict(backend="nccl" if use_cuda() else "gloo")),
+        env_cfg=dict(cudnn_benchmark=device.cuda, dist_cfg=dict(backend="nccl" if device.cuda else "gloo")),
         randomness=dict(seed=seed, deterministic=False),
         resume=True,
         log_level=os.environ.get("PART_BENCH_LOG_LEVEL", "INFO"),

@@ -18,7 +18,14 @@ on a CPU the process's peak resident set (``ru_maxrss``, whole process lifetime)
 ``mfu`` (GPU only, else null): model FLOPs of one iteration, counted once per phase with
 torch's ``FlopCounterMode`` (that iteration is left out of the timing), divided by the
 seconds per iteration and the device's dense bf16 peak from :data:`BF16_PEAK_FLOPS`;
-``mfu_note`` says "unknown device ..." for a GPU not in the table.
+``mfu_note`` says "unknown device ..." for a GPU not in the table. ``precision`` and
+``compiled`` say how the steps ran (the training precision the plan resolved to on this
+device; the test phase is fp32).
+
+Without a host read in every step (:mod:`engine.hostsync`) the host runs ahead of a GPU
+by a few iterations and waits at the log intervals' reads: a window of ``window``
+iterations between two such reads holds one wait, and the phase's totals hold every one
+but the last (bounded by how far the host can run ahead).
 """
 from __future__ import annotations
 
@@ -90,24 +97,31 @@ def peak_memory_mb(cuda: bool | None = None) -> float:
 
 def phase_summary(samples: int, seconds: float, iters: int, *, peak_mb: float,
                   flops_per_iter: float | None = None, peak_flops: float | None = None,
-                  world_size: int = 1, device: str = "cpu", note: str | None = None) -> dict:
-    """The record's entry for one phase (``None`` where nothing was timed)."""
+                  world_size: int = 1, device: str = "cpu", note: str | None = None,
+                  precision: str | None = None, compiled: bool | None = None) -> dict:
+    """The record's entry for one phase (``None`` where nothing was timed). ``precision``:
+    the training step's resolved precision (bf16, fp16, fp32; :mod:`engine.precision`),
+    ``compiled``: whether the model's forward was compiled."""
     sps = samples / seconds if seconds > 0 else None
     spi = seconds / iters if iters else None
     mfu = (flops_per_iter / spi / peak_flops if flops_per_iter and peak_flops and spi else None)
     return dict(samples_per_second=sps, seconds_per_iter=spi, peak_memory_mb=peak_mb, mfu=mfu,
                 mfu_note=note, flops_per_iter=flops_per_iter, iterations=iters, samples=samples,
-                world_size=world_size, device=device)
+                world_size=world_size, device=device, precision=precision, compiled=compiled)
 
 
 @HOOKS.register_module()
 class ThroughputHook(Hook):
-    """See the module docstring. ``window``: iterations the logged samples/s covers."""
+    """See the module docstring. ``window``: iterations the logged samples/s covers;
+    ``precision``/``compiled``: how the Runner's steps run, stored in each entry (the
+    test phase runs in fp32 whatever the training precision: :mod:`engine.precision`)."""
 
     priority = "HIGHEST"  # before the RuntimeInfoHook: samples/s comes first in the log line
 
-    def __init__(self, window: int = 20, skip: int = 1):
+    def __init__(self, window: int = 20, skip: int = 1, precision: str | None = None,
+                 compiled: bool | None = None):
         self.window, self.skip = int(window), int(skip)
+        self.precision, self.compiled = precision, compiled
         self._state: dict[str, dict] = {}
 
     # -------------------------------------------------------------- generic per mode
@@ -176,7 +190,9 @@ class ThroughputHook(Hook):
             s["samples"], s["seconds"], s["iters"] = s["skipped"]
         entry = phase_summary(s["samples"], s["seconds"], s["iters"], peak_mb=peak_memory_mb(cuda),
                               flops_per_iter=s["flops"], peak_flops=peak,
-                              world_size=get_world_size(), device=device, note=note)
+                              world_size=get_world_size(), device=device, note=note,
+                              precision=self.precision if mode == "train" else "fp32",
+                              compiled=self.compiled)
         if is_main_process():
             write_throughput(Path(runner.work_dir), mode, entry)
 
