@@ -245,7 +245,11 @@ def lr_schedule(iters_per_epoch: int, schedule) -> list[dict]:
     warmup_iters = int(round(schedule.warmup_epochs * iters_per_epoch))
     total_iters = schedule.epochs * iters_per_epoch
     schedulers = []
-    if warmup_iters > 0:
+    # mmengine's LinearLR over [0, w) reaches the full lr at iteration w - 1 and the
+    # cosine continues from the value it finds (chainable form): with w = 1 the warmup
+    # never rises and the whole run would train at 1e-3 of its lr. A warmup that rounds
+    # to one iteration is therefore no warmup (our choice).
+    if warmup_iters > 1:
         schedulers.append(dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0,
                                end=warmup_iters))
     if schedule.lr_steps:
@@ -253,7 +257,8 @@ def lr_schedule(iters_per_epoch: int, schedule) -> list[dict]:
                                milestones=[int(round(f * total_iters)) for f in schedule.lr_steps],
                                gamma=0.1))
     else:
-        schedulers.append(dict(type="CosineAnnealingLR", by_epoch=False, begin=warmup_iters,
+        schedulers.append(dict(type="CosineAnnealingLR", by_epoch=False,
+                               begin=warmup_iters if warmup_iters > 1 else 0,
                                end=max(total_iters, warmup_iters + 1), eta_min=schedule.min_lr))
     return schedulers
 

@@ -2,9 +2,11 @@
 Runner's own ``build_optim_wrapper``), checked parameter by parameter against learning
 rates and weight decays written out by hand from the parameter names."""
 import dataclasses
+import math
 import re
 
 import pytest
+import torch
 
 from engine.runner import build_runner
 
@@ -175,3 +177,46 @@ def test_pretraining_groups_follow_maes_and_dropposs_optimizer(tmp_path, method)
         assert "method.encoder.pos_embed" not in got                  # fixed sin-cos: frozen
     if method == "droppos":
         assert got["method.mask_pos_token"][1] == WD
+
+
+def _lrs_through_mmengine(schedule, iters_per_epoch: int) -> list[float]:
+    """The lr of every training iteration as mmengine's schedulers set it (built from
+    :func:`engine.runner.lr_schedule`, stepped once after each iteration as its
+    ParamSchedulerHook does)."""
+    from mmengine.optim import OptimWrapper
+    from mmengine.registry import PARAM_SCHEDULERS
+
+    from engine.runner import lr_schedule
+
+    opt = OptimWrapper(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=schedule.lr))
+    scheds = [PARAM_SCHEDULERS.build({**cfg, "optimizer": opt})
+              for cfg in lr_schedule(iters_per_epoch, schedule)]
+    lrs = []
+    for _ in range(schedule.epochs * iters_per_epoch):
+        lrs.append(opt.param_groups[0]["lr"])
+        for s in scheds:
+            s.step()
+    return lrs
+
+
+@pytest.mark.parametrize("warmup_epochs,expected_first", [(0.0, 1.0), (0.25, 1.0), (0.75, 1e-3)])
+def test_the_lr_schedule_reaches_the_full_lr_whatever_the_warmup_rounds_to(warmup_epochs, expected_first):
+    """4 iterations an epoch, 2 epochs, cosine to 0: warmup 0.25 epoch rounds to one
+    iteration, which used to keep the whole run at 1e-3 of its lr (mmengine's LinearLR
+    needs two iterations to rise); 0.75 epoch is 3 iterations: 1e-3, then halfway
+    (0.5005), then the full lr at the warmup's last iteration, and the cosine from there."""
+    from dataclasses import replace
+
+    from engine.plan import PretrainPlan
+
+    sched = replace(PretrainPlan(), epochs=2, warmup_epochs=warmup_epochs, min_lr=0.0)
+    lr = sched.lr
+    lrs = [v / lr for v in _lrs_through_mmengine(sched, 4)]
+    assert lrs[0] == pytest.approx(expected_first)
+    assert max(lrs) == pytest.approx(1.0)
+    if warmup_epochs == 0.75:
+        assert lrs[1] == pytest.approx((1e-3 + 1.0) / 2) and lrs[2] == pytest.approx(1.0)
+        cosine = [0.5 * (1 + math.cos(math.pi * k / 5)) for k in range(5)]  # iterations 3..7
+    else:
+        cosine = [0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(8)]
+    assert lrs[-len(cosine):] == pytest.approx(cosine, abs=1e-6)
