@@ -269,7 +269,8 @@ def build_runner(model, work_dir: str | Path, train_dataset, *, schedule, batch_
                  experiment_name: str | None = None,
                  optim_constructor: str = "LayerDecayOptimWrapperConstructor",
                  param_rule: str = "timm",
-                 default_scope: str = "mmengine", device: DeviceCaps | None = None) -> Runner:
+                 default_scope: str = "mmengine", device: DeviceCaps | None = None,
+                 checkpoint_every: int = 1) -> Runner:
     """A Runner for one training job (see module docstring).
 
     ``schedule`` is a plan section (:class:`engine.plan.PretrainPlan`, ``FinetunePlan``
@@ -282,7 +283,8 @@ def build_runner(model, work_dir: str | Path, train_dataset, *, schedule, batch_
     ``loader`` the plan's loader section: workers, log interval, ``precision``
     (resolved here against ``device``, by default this process's device:
     :mod:`engine.precision`) and ``compile``. ``default_scope`` is the registry scope the
-    Runner builds its parts in (``mmdet`` for detectors).
+    Runner builds its parts in (``mmdet`` for detectors). ``checkpoint_every``: epochs
+    between checkpoints (the last epoch is always saved).
     """
     from .plan import iters_per_epoch
 
@@ -364,7 +366,8 @@ def build_runner(model, work_dir: str | Path, train_dataset, *, schedule, batch_
             logger=dict(type="LoggerHook", interval=loader.log_interval),
             param_scheduler=dict(type="ParamSchedulerHook"),
             # two kept: a truncated newest checkpoint falls back on the previous one
-            checkpoint=dict(type="CheckpointHook", interval=1, max_keep_ckpts=2,
+            checkpoint=dict(type="CheckpointHook", interval=max(1, int(checkpoint_every)),
+                            max_keep_ckpts=2,
                             save_last=True),
             sampler_seed=dict(type="DistSamplerSeedHook"),
         ),

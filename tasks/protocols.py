@@ -352,7 +352,10 @@ def train_linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, te
         # the probe has no ``encoder`` for the layer-decay constructor to group
         optim_constructor="DefaultOptimWrapperConstructor",
         # unique: mmengine shares a message hub between Runners of one name and second
-        experiment_name=f"linear_probe_{uuid.uuid4().hex[:8]}")
+        experiment_name=f"linear_probe_{uuid.uuid4().hex[:8]}",
+        # a probe's epochs are a few steps each (an EEG probe: 1000 epochs of one step):
+        # about ten checkpoints a run, not one an epoch (the last epoch is always saved)
+        checkpoint_every=math.ceil(schedule.epochs / 10))
     runner.train()
     metrics = runner.test()
     return {**{s: float(metrics[s]) for s in scores}, "final_loss": final_train_loss(runner, iters),

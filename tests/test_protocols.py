@@ -1,5 +1,6 @@
 """Frozen-encoder protocols (tasks/protocols.py): kNN, feature extraction, linear probe."""
 import hashlib
+import re
 
 import pytest
 import torch
@@ -183,6 +184,9 @@ def test_linear_probe_separates_separable_features(tmp_path, standardize, base_l
     out = train_linear_probe(train, ytr, test, yte, num_classes=4, work_dir=tmp_path / "probe",
                              schedule=plan, batch_per_process=32, seed=0, log=quiet)
     assert out["acc1"] >= 99.0
+    # about ten checkpoints a probe: every ceil(15 / 10) = 2 epochs and the last (8, not 15)
+    log = next((tmp_path / "probe").glob("*/*.log")).read_text()
+    assert [int(n) for n in re.findall(r"Saving checkpoint at (\d+) epochs", log)] == [*range(2, 15, 2), 15]
 
 
 def test_probe_encoder_leaves_the_encoder_alone(tmp_path):
