@@ -490,8 +490,9 @@ def _record_failure(plan, exc, phase, pretrained, wall, data, path: Path, work_d
 
     # a loss read some iterations after it was computed names its own iteration
     step = exc.step if isinstance(exc, TrainingError) and exc.step is not None else _current_step()
-    failure = dict(phase=phase, step=step, error=type(exc).__name__,
-                   reason=" ".join(str(exc).split()))
+    from engine.cli import one_line
+
+    failure = dict(phase=phase, step=step, error=type(exc).__name__, reason=one_line(exc))
     if _status(path) == "ok":
         log(f"[run] failed ({failure['reason']}); the existing ok record {path} is kept")
         return

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-__all__ = ["configure_logging", "user_errors", "report_user_error", "run_command"]
+__all__ = ["configure_logging", "user_errors", "one_line", "report_user_error", "run_command"]
 
 
 def configure_logging() -> None:
@@ -29,13 +29,20 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (PartBenchError, ValueError, KeyError)
 
 
+def one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line: a KeyError's own text (not its repr), and for an
+    error re-raised from a DataLoader worker (torch appends the worker's traceback) the
+    worker's error line alone."""
+    msg = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+    if "\nOriginal Traceback" in msg:
+        last = msg.rstrip().splitlines()[-1]
+        msg = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(msg.split())
+
+
 def report_user_error(exc: BaseException) -> int:
     """Print ``exc`` as one line on stderr; the exit status (2)."""
-    msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-    if "\nOriginal Traceback" in str(msg):  # re-raised from a DataLoader worker: its own line
-        last = str(msg).rstrip().splitlines()[-1]
-        msg = last.split(": ", 1)[1] if ": " in last else last
-    print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)
+    print(f"error: {one_line(exc)}", file=sys.stderr)
     return 2
 
 

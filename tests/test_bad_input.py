@@ -233,6 +233,8 @@ def test_bad_input_is_one_line_and_touches_nothing(case, dirs, tmp_path):
     # no result: at most the cell's failed record (a data error found mid-run)
     new = [json.loads(p.read_text()) for p in out.rglob("*.json") if str(p) not in before]
     assert all(r.get("status") == "failed" and not r.get("metrics") for r in new), (case, new)
+    # the failed record's reason is the same one line (not a DataLoader worker's traceback)
+    assert all(lines[0] == "error: " + r["failure"]["reason"] for r in new), (case, new)
     assert not new or case in ("corrupt image", "corrupt coco image"), (case, new)
 
 
