@@ -27,9 +27,20 @@ Sections (``--only``; all by default), each written as a Markdown table to
    windows from the memory-mapped cache) beside the pretraining step's samples/s at the
    preset's batch (PART), and which of the two bounds the run.
 5. ``extraction``: one batched patch-extraction call against a Python loop over patches.
+6. ``runner``: ``--runner-steps`` training iterations of each method through the suite's
+   own Runner (:func:`engine.runner.build_runner`: the optimizer wrapper of the
+   precision, pinned-memory loaders with ``--runner-workers`` workers, the hooks and their
+   log-interval reads of the device) on synthetic images held in host memory, at the
+   first setting's model, batch and pairs; images/s, seconds per iteration, peak memory
+   and MFU as the run records them (``engine.throughput``). Not in the default sections.
 6. ``--detector``: seconds per training iteration (data preprocessing, forward,
    backward, AdamW step) of the preset's ViTDet Mask R-CNN at its batch size, on
    batches of the embedded COCO-layout scenes through the training pipeline.
+
+``--precision`` (default ``auto``: bf16 on a GPU with native bfloat16, fp16 on an older
+one, fp32 on a CPU; :mod:`engine.precision`) is the autocast of every timed forward
+pass (sections 1-3 time forward + backward without an optimizer, so fp16 runs without
+loss scaling there) and the Runner's precision in section 6.
 
 ``--quick`` uses tiny model sizes (seconds, a smoke test). The header of the table gives
 the machine's load average before and after: read ratios taken under load with care.
@@ -37,11 +48,13 @@ the machine's load average before and after: read ratios taken under load with c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import gc
 import os
 import re
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -197,22 +210,97 @@ def _method(name, arch, img, patch, pairs, device):
     return build_method(name, **cfg).to(device)
 
 
-def _plain_step(model, images, labels):
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolved_precision(requested: str, device: str) -> str:
+    """``requested`` (auto, bf16, fp16, fp32) resolved on ``device`` as a run would."""
+    from engine.precision import DeviceCaps, resolve_precision
+
+    caps = DeviceCaps.probe() if device == "cuda" else DeviceCaps(cuda=False)
+    return resolve_precision(requested, caps)
+
+
+def _autocast(images, precision: str):
+    """The forward pass's autocast for a resolved precision (none for fp32)."""
+    dtype = AUTOCAST.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=images.device.type, dtype=dtype)
+
+
+def _plain_step(model, images, labels, precision: str = "fp32"):
     def step():
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(images), labels).backward()
+        with _autocast(images, precision):
+            loss = F.cross_entropy(model(images), labels)
+        loss.backward()
     return step
 
 
-def _method_step(model, images):
+def _method_step(model, images, precision: str = "fp32"):
     def step():
         model.zero_grad(set_to_none=True)
-        model(images)["loss"].backward()
+        with _autocast(images, precision):
+            loss = model(images)["loss"]
+        loss.backward()
     return step
+
+
+class _SyntheticSamples(torch.utils.data.Dataset):
+    """``length`` samples cycling over ``images``, as the Runner's models receive them
+    (not ``tasks.base.RunnerSamples``: importing ``tasks`` imports MMDetection, which a
+    GPU machine carrying only the training stack need not have)."""
+
+    def __init__(self, images: torch.Tensor, length: int):
+        self.images, self.length = images, int(length)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict:
+        return {"inputs": self.images[i % len(self.images)], "data_samples": 0}
+
+
+def bench_runner(arch: str, img: int, patch: int, batch: int, pairs: int, steps: int, device: str,
+                 methods: list[str], precision: str, workers: int, log_interval: int = 50):
+    """Yields, per method, the throughput entry of ``steps`` training iterations through
+    :func:`engine.runner.build_runner` (section 6 of the module docstring), with the
+    method's name and the Runner's wall time including its set-up."""
+    import tempfile
+
+    from engine.plan import LoaderPlan, PretrainPlan
+    from engine.pretrain import PRETRAIN_PARAM_RULE, PretrainModel
+    from engine.runner import build_runner
+    from engine.throughput import read_throughput
+
+    if (device == "cuda") != torch.cuda.is_available():
+        raise ValueError("the runner section trains on this process's device: --device must "
+                         "be cuda exactly when a GPU is present")
+    images = torch.randn(batch, 3, img, img)  # host memory: the loader pins and copies it
+    data = _SyntheticSamples(images, batch * steps)
+    schedule = PretrainPlan(epochs=1, global_batch_size=batch, base_lr=1.5e-4,
+                            lr_reference_batch=None, warmup_epochs=0)
+    loader = LoaderPlan(num_workers=workers, log_interval=min(log_interval, steps), precision=precision)
+    for name in methods:
+        model = _method(name, arch, img, patch, pairs, "cpu")
+        with tempfile.TemporaryDirectory(prefix=f"speed-{name}-") as work:
+            t0 = time.perf_counter()
+            runner = build_runner(PretrainModel(model), work, data, schedule=schedule,
+                                  batch_per_process=batch, loader=loader,
+                                  experiment_name=f"speed-{name}", param_rule=PRETRAIN_PARAM_RULE)
+            runner.train()
+            wall = time.perf_counter() - t0
+            entry = read_throughput(work).get("train") or {}
+        del runner, model
+        _release_memory()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        yield dict(entry, name=name, wall_s=wall)
 
 
 def bench_steps(arch: str, img: int, patch: int, batch: int, pairs: int, repeats: int,
-                device: str, methods: list[str], inner: int = 1):
+                device: str, methods: list[str], inner: int = 1, precision: str = "fp32"):
     """Yields one row per method as it is measured (``plain ViT`` against itself first): median step time,
     median per-round ratio against the plain step and its quartiles; on a GPU the
     step's FLOPs and MFU."""
@@ -222,14 +310,14 @@ def bench_steps(arch: str, img: int, patch: int, batch: int, pairs: int, repeats
     images = torch.randn(batch, 3, img, img, device=device)
     labels = torch.randint(0, 1000, (batch,), device=device)
     plain = _plain(arch, img, patch, device)
-    plain_step = _plain_step(plain, images, labels)
+    plain_step = _plain_step(plain, images, labels, precision)
     peak = device_peak_flops(device_name(device)) if device == "cuda" else None
     for name in ["plain ViT", *methods]:
         if name == "plain ViT":  # the same computation on both sides: the noise floor
             model, step = None, plain_step
         else:
             model = _method(name, arch, img, patch, pairs, device)
-            step = _method_step(model, images)
+            step = _method_step(model, images, precision)
         pt, mt = interleaved(plain_step, step, repeats, sync, inner)
         med, q1, q3 = ratio_summary(round_ratios(pt, mt))
         row = dict(name=name, seconds=statistics.median(mt), ratio=med, q1=q1, q3=q3,
@@ -255,7 +343,7 @@ def identity_checks(rows: list[dict]) -> list[tuple[str, float, bool]]:
     return out
 
 
-def bench_memory(arch, img, patch, batch, pairs, device, methods):
+def bench_memory(arch, img, patch, batch, pairs, device, methods, precision: str = "fp32"):
     """Yields (name, peak MB of building the model and two steps) for the plain ViT and
     each method, on the same batch."""
     images = torch.randn(batch, 3, img, img, device=device)
@@ -263,15 +351,16 @@ def bench_memory(arch, img, patch, batch, pairs, device, methods):
     for name in ["plain ViT", *methods]:
         def run():
             if name == "plain ViT":
-                step = _plain_step(_plain(arch, img, patch, device), images, labels)
+                step = _plain_step(_plain(arch, img, patch, device), images, labels, precision)
             else:
-                step = _method_step(_method(name, arch, img, patch, pairs, device), images)
+                step = _method_step(_method(name, arch, img, patch, pairs, device), images, precision)
             step()
             step()
         yield name, peak_step_memory_mb(run, device)
 
 
-def bench_pairs(arch, img_sizes, patch, batch, pairs_list, repeats, device, method="part", inner=1):
+def bench_pairs(arch, img_sizes, patch, batch, pairs_list, repeats, device, method="part", inner=1,
+                precision: str = "fp32"):
     """PART's step against the plain one, per (image size, pairs): yields rows of
     image size, pairs, seconds, median ratio and its quartiles, as they are measured."""
     sync = _sync(device)
@@ -279,10 +368,10 @@ def bench_pairs(arch, img_sizes, patch, batch, pairs_list, repeats, device, meth
         images = torch.randn(batch, 3, img, img, device=device)
         labels = torch.randint(0, 1000, (batch,), device=device)
         plain = _plain(arch, img, patch, device)
-        plain_step = _plain_step(plain, images, labels)
+        plain_step = _plain_step(plain, images, labels, precision)
         for pairs in pairs_list:
             model = _method(method, arch, img, patch, pairs, device)
-            step = _method_step(model, images)
+            step = _method_step(model, images, precision)
             pt, mt = interleaved(plain_step, step, repeats, sync, inner)
             med, q1, q3 = ratio_summary(round_ratios(pt, mt))
             del model, step
@@ -421,7 +510,8 @@ def bench_detector(preset: str, repeats: int, device: str, cache=None) -> tuple[
     return _median_time(step, repeats, sync), bs, det
 
 
-SECTIONS = ("steps", "memory", "pairs", "data", "extraction")
+SECTIONS = ("steps", "memory", "pairs", "data", "extraction", "runner")
+DEFAULT_SECTIONS = SECTIONS[:-1]  # the Runner section trains for minutes: asked for by name
 DATA_TASKS = ("cifar100", "imagenet", "coco", "eeg")
 
 
@@ -439,7 +529,15 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", default=None,
                    help="methods to time (default: every registered method that pretrains)")
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=None,
-                   help="sections to run (default: all)")
+                   help="sections to run (default: all but runner)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                   help="autocast of the timed steps and the Runner's precision (auto: bf16 on a "
+                        "GPU with native bfloat16, fp16 on an older one, fp32 on a CPU)")
+    p.add_argument("--runner-steps", type=int, default=None,
+                   help="training iterations per method in the runner section (default 300; "
+                        "--quick 6)")
+    p.add_argument("--runner-workers", type=int, default=None,
+                   help="loader workers of the runner section (default min(8, CPUs); --quick 0)")
     p.add_argument("--settings", nargs="+", default=None, metavar="ARCH:IMG:PATCH:BATCH:PAIRS",
                    help="step/memory settings (default vit_small:224:16:8:2048 vit_base:224:16:2:4802)")
     p.add_argument("--pairs", nargs="+", type=int, default=[512, 1024, 2048, 4096, 8192])
@@ -462,7 +560,14 @@ def main(argv=None) -> int:
     from methods import METHODS
 
     methods = args.methods or [n for n, e in METHODS.items() if e.cls.pretrains]
-    sections = args.only or SECTIONS
+    sections = args.only or DEFAULT_SECTIONS
+    from engine.errors import ConfigError
+
+    try:
+        precision = resolved_precision(args.precision, args.device)
+    except ConfigError as exc:  # fp16 without a GPU, bf16 on a GPU without it
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.settings:
         settings = [(a, int(i), int(pt), int(b), int(pr)) for a, i, pt, b, pr in
                     (x.split(":") for x in args.settings)]
@@ -483,12 +588,12 @@ def main(argv=None) -> int:
     out(f"# Speed: {device_name(args.device)}")
     out()
     import shlex
-    import sys
 
     given = sys.argv[1:] if argv is None else list(argv)
     out(f"`{' '.join(['python -m benchmarks.speed', *map(shlex.quote, given)])}`: torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {args.repeats} interleaved rounds "
-        f"per row, each reading the fastest of {args.inner} calls; load average {load0:.2f} at the start.")
+        f"per row, each reading the fastest of {args.inner} calls; precision {precision} "
+        f"(--precision {args.precision}); load average {load0:.2f} at the start.")
     if "steps" in sections:
         for arch, img, patch, batch, pairs in settings:
             out()
@@ -501,7 +606,7 @@ def main(argv=None) -> int:
             out("|---|---:|---:|---:|---:|---:|")
             rows = []
             for r in bench_steps(arch, img, patch, batch, pairs, args.repeats, args.device, methods,
-                                 args.inner):
+                                 args.inner, precision):
                 rows.append(r)
                 gf = "-" if r["flops"] is None else f"{r['flops'] / 1e9:.1f}"
                 mfu = ("n/a (CPU)" if args.device != "cuda" else
@@ -523,7 +628,8 @@ def main(argv=None) -> int:
             out("| method | peak MB | vs plain ViT |")
             out("|---|---:|---:|")
             base = None
-            for name, mb in bench_memory(arch, img, patch, batch, pairs, args.device, methods):
+            for name, mb in bench_memory(arch, img, patch, batch, pairs, args.device, methods,
+                                         precision):
                 base = mb if base is None else base
                 rel = "-" if mb is None or not base else f"{100 * (mb / base - 1):+.0f}%"
                 out(f"| {name} | {'n/a' if mb is None else f'{mb:.0f}'} | {rel} |")
@@ -535,7 +641,7 @@ def main(argv=None) -> int:
         out("|---:|---:|---:|---:|")
         rows = []
         for r in bench_pairs(pa, sizes, int(pp), int(pb), args.pairs, args.repeats, args.device,
-                                 inner=args.inner):
+                             inner=args.inner, precision=precision):
             rows.append(r)
             out(f"| {r['img']} | {r['pairs']} | {r['seconds'] * 1000:.1f} | {_ratio(r)} |")
         growth = pairs_growth(rows)
@@ -573,6 +679,31 @@ def main(argv=None) -> int:
         out()
         out(f"batched {t_b * 1000:.2f} ms, per-patch loop {t_l * 1000:.1f} ms: "
             f"batched is {t_l / t_b:.0f}x faster")
+    if "runner" in sections:
+        os.environ.setdefault("PART_BENCH_LOG_LEVEL", "WARNING")  # the table, not the Runner's log
+        arch, img, patch, batch, pairs = settings[-1]
+        steps = args.runner_steps or (6 if args.quick else 300)
+        workers = args.runner_workers if args.runner_workers is not None else (
+            0 if args.quick else min(8, os.cpu_count() or 1))
+        out()
+        out(f"## Through the Runner: {arch} at {img}, patch {patch}, batch {batch}, {pairs} pairs, "
+            f"{steps} iterations, precision {precision}, {workers} loader workers")
+        out()
+        out("The suite's Runner as a run builds it (its optimizer wrapper for the precision, "
+            "pinned-memory loaders on a GPU, hooks reading the device at log intervals only), on "
+            "synthetic images in host memory; the first iteration is not timed, and on a GPU one "
+            "more is counted by the FLOP counter and not timed (engine.throughput).")
+        out()
+        out("| method | images/s | ms per iteration | peak MB | MFU | wall s (with set-up) |")
+        out("|---|---:|---:|---:|---:|---:|")
+        for r in bench_runner(arch, img, patch, batch, pairs, steps, args.device, methods,
+                              precision, workers):
+            sps, spi = r.get("samples_per_second"), r.get("seconds_per_iter")
+            mfu = ("n/a (CPU)" if args.device != "cuda" else
+                   r.get("mfu_note") or "-" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%")
+            out(f"| {r['name']} | {'-' if sps is None else f'{sps:.1f}'} | "
+                f"{'-' if spi is None else f'{spi * 1000:.1f}'} | {r.get('peak_memory_mb') or 0:.0f} | "
+                f"{mfu} | {r['wall_s']:.1f} |")
     out()
     out(f"Load average {os.getloadavg()[0]:.2f} at the end.")
     if not args.no_write:
