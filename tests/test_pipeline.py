@@ -68,12 +68,15 @@ def test_part_learns_relative_positions_and_a_shuffled_pairing_does_not(tmp_path
         perm = torch.randperm(pairs.shape[1], device=pairs.device)
         return self.head(self.embed(images, boxes), pairs[:, perm])
 
+    # Half the budget suffices to tell them apart: at 4 epochs the true pairing already
+    # reaches 0.47 of the constant predictor's error (measured), the shuffled one 1.00.
     monkeypatch.setattr(PART, "predict", shuffled_pairing_predict)
-    task, broken = _pretrain("part", "pretext", tmp_path / "broken", LEARN)
+    task, broken = _pretrain("part", "pretext", tmp_path / "broken",
+                             {**LEARN, "tasks.cifar100.pretrain.epochs": 4})
     monkeypatch.undo()
     bad = task.run(pretrained=broken, work_dir=tmp_path / "eval2")
     print("learned:", metrics, "shuffled pairing:", bad)
-    assert bad["err_euclid"] > 0.5 * bad["const_err_euclid"], bad
+    assert bad["err_euclid"] > 0.9 * bad["const_err_euclid"], bad
 
 
 def test_run_cell_end_to_end_writes_a_record_and_reuses_the_checkpoint(tmp_path):
