@@ -25,13 +25,14 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import numpy as np
 import torch
 from mmengine.hooks import Hook
 from mmengine.model import BaseModel, is_model_wrapper
-from mmengine.registry import DATA_SAMPLERS, HOOKS
+from mmengine.registry import DATA_SAMPLERS, FUNCTIONS, HOOKS
 from mmengine.runner import Runner
 from timm.data.distributed_sampler import RepeatAugSampler
 
@@ -131,6 +132,20 @@ def export_slurm_ranks(env=None) -> None:
         env["WORLD_SIZE"] = env["SLURM_NTASKS"]
         env["RANK"] = env["SLURM_PROCID"]
         env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+
+
+@FUNCTIONS.register_module()
+def seed_worker_per_epoch(worker_id: int, rank: int = 0) -> None:
+    """A DataLoader worker's seeds (torch, numpy, Python) from the base seed torch gives
+    it, which the DataLoader draws from the main process's random state each time an
+    epoch's iterator is created, offset by the rank (every rank starts from the same
+    seed). mmengine 0.10.7's default ``worker_init_fn`` seeds a worker with (seed, rank,
+    worker id) alone: with workers started afresh each epoch, a worker's k-th sample then
+    had the same augmentation draws in every epoch (only the image changed)."""
+    seed = (torch.initial_seed() + 1_000_003 * int(rank)) % 2**32  # base seed + worker id
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 @HOOKS.register_module()
@@ -318,17 +333,18 @@ def build_runner(model, work_dir: str | Path, train_dataset, *, schedule, batch_
                else dict(type="DefaultSampler", shuffle=True))
     # Workers end with each epoch, for two reasons. Persistent ones outlive the Runner
     # (mmengine keeps global references to it), and a table run would pile them up cell
-    # after cell. And mmengine 0.10.7's default worker_init_fn seeds every worker with
-    # (seed, rank, worker id) alone, so workers started afresh each epoch give a resumed
-    # run the draws the uninterrupted one had; persistent workers would carry their
-    # random streams across epochs, which a resume (new workers) cannot reproduce.
+    # after cell. And each epoch's workers are seeded from that epoch's base seed
+    # (seed_worker_per_epoch), which the resume restores; persistent workers would carry
+    # their random streams across epochs, which a resume (new workers) cannot reproduce.
     # What this costs is the workers' start-up once per epoch (benchmarks.speed's data
     # table, "first batch s"). Pinned memory on a GPU: the batch's copy to the device is
     # then asynchronous (SuiteModel's preprocessor copies with non_blocking=True).
     pin = bool(device.cuda)
     train_loader = dict(dataset=train_dataset, batch_size=batch_per_process,
                         num_workers=loader.num_workers, persistent_workers=False, pin_memory=pin,
-                        drop_last=drop_last, sampler=sampler, collate_fn=dict(type=collate_fn))
+                        drop_last=drop_last, sampler=sampler, collate_fn=dict(type=collate_fn),
+                        worker_init_fn=dict(type="seed_worker_per_epoch",
+                                            rank=int(os.environ.get("RANK", "0"))))
     cfg = {}
     if loader.compile:
         cfg["compile"] = True  # the model's forward (SuiteRunner._maybe_compile)

@@ -8,6 +8,7 @@ import struct
 
 import numpy as np
 import pytest
+import torch
 
 from engine.errors import DataError
 from tasks.data import synthetic
@@ -419,3 +420,53 @@ def test_ensure_keeps_the_copy_of_a_process_that_finished_first(tmp_path):
     assert sorted(p.name for p in final.iterdir()) == ["theirs"]
     assert [p.name for p in tmp_path.iterdir()] == ["dataset"]
     assert not os.path.exists(final / "mine")
+
+
+class _RandomDraws(torch.utils.data.Dataset):
+    """Each item: the draws an augmentation would make in the worker (numpy, Python, torch)."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        import random
+
+        return torch.tensor([np.random.rand(), random.random(), float(torch.rand(()))])
+
+
+def test_loader_workers_draw_afresh_each_epoch_and_reproducibly_from_the_seed(tmp_path):
+    """mmengine's default worker seeding gives a worker the same draws every epoch
+    (its k-th sample's augmentation repeats); the suite's seeds each epoch's workers from
+    the base seed the DataLoader draws from the run's random state."""
+    from types import SimpleNamespace
+
+    from mmengine.runner import Runner
+
+    from engine.plan import PretrainPlan
+    from engine.runner import SuiteModel, build_runner
+
+    class Model(SuiteModel):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, inputs, data_samples=None, mode="loss"):
+            return {"loss": (self.w * inputs).sum()}
+
+    def epochs_of_draws(rank: int, epochs: int = 2):
+        runner = build_runner(Model(), tmp_path / f"r{rank}", _RandomDraws(),
+                              schedule=PretrainPlan(epochs=1, global_batch_size=2, warmup_epochs=0),
+                              batch_per_process=2, loader=SimpleNamespace(num_workers=2, log_interval=1))
+        cfg = dict(runner._train_dataloader)
+        cfg["worker_init_fn"] = {**cfg["worker_init_fn"], "rank": rank}
+        cfg["sampler"] = dict(type="DefaultSampler", shuffle=False)
+        torch.manual_seed(0)  # the run's random state when its loaders start
+        loader = Runner.build_dataloader(cfg, seed=0)
+        return [torch.cat(list(loader)) for _ in range(epochs)]
+
+    first, second = epochs_of_draws(rank=0)
+    assert not torch.isclose(first, second).any()        # no draw repeats in the next epoch
+    again = epochs_of_draws(rank=0)
+    assert torch.equal(first, again[0]) and torch.equal(second, again[1])  # same seed, same draws
+    other_rank = epochs_of_draws(rank=1, epochs=1)[0]
+    assert not torch.isclose(first, other_rank).any()    # ranks draw differently
