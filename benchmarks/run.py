@@ -393,10 +393,11 @@ def run_cell(method: str, task: str, *, preset: str = "tiny", seed: int = 0, dat
     from mmengine.runner import set_random_seed
 
     from engine.locks import file_lock
-    from engine.records import build_record, record_path, write_record
+    from engine.records import build_record, git_commit, record_path, write_record
     from tasks import build_task
 
     started = time.time()
+    git_commit()  # the code this process loaded, before anyone can change the tree under it
     plan = make_plan(method, task, preset=preset, seed=seed, data_root=data_root,
                      cfg_options=cfg_options, row=row)
     cache_root = Path(cache) if cache else default_cache()

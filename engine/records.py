@@ -7,6 +7,7 @@ the hardware, wall times. It is written atomically, so a killed run leaves none.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -37,7 +38,13 @@ def versions() -> dict:
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> dict:
+    """The commit (and uncommitted diff) of the code this process runs: read once, at the
+    first call, which :func:`benchmarks.run.run_cell` makes as its first cell starts. A
+    table's later cells, finished after someone committed or edited the tree, still name
+    the code that was loaded (reading the tree at each record's writing named the tree
+    of that moment). Callers must not mutate the dict."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
                               timeout=10).stdout.strip()
@@ -150,7 +157,7 @@ def build_record(plan, metrics, pretrained, wall, data: dict, *, failure: dict |
         "sources": plan.sources, "invocation": invocation, "resumes": resumes or {},
         "pretrained_checkpoint": str(pretrained) if pretrained else None,
         "data": data, "data_root": plan.data.root or "embedded",
-        "versions": versions(), "git": git_commit(), "hardware": hardware(),
+        "versions": versions(), "git": dict(git_commit()), "hardware": hardware(),
         "throughput": {ph: (throughput or {}).get(ph) for ph in ("pretrain", "finetune", "eval")},
         "wall_time_s": wall, "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
     }

@@ -337,3 +337,29 @@ def test_a_record_carries_its_provenance_and_explains_its_command(reference):
     assert "python -m benchmarks.run --method part --task cifar100 --preset tiny --seed 0" in text
     assert "tasks.cifar100.pretrain.epochs=2" in text
     assert text.splitlines()[-1] == "# this command resolves to the record's plan", text
+
+
+def test_a_record_names_the_code_its_process_loaded_not_the_tree_at_its_writing(monkeypatch):
+    """A table's cells finish over hours; a commit made meanwhile must not be named by
+    the later cells' records (their process still runs the code it loaded)."""
+    import subprocess as sp
+
+    from engine import records
+
+    heads = iter(["a" * 40, "b" * 40])
+    real = sp.run
+
+    def git(args, **kwargs):
+        if args[:2] == ["git", "rev-parse"]:
+            return sp.CompletedProcess(args, 0, stdout=next(heads) + "\n", stderr="")
+        if args[:2] == ["git", "status"]:
+            return sp.CompletedProcess(args, 0, stdout="", stderr="")
+        return real(args, **kwargs)
+
+    records.git_commit.cache_clear()
+    monkeypatch.setattr(records.subprocess, "run", git)
+    try:
+        first = records.git_commit()      # the process's first cell starts
+        assert records.git_commit() == first == {"commit": "a" * 40, "dirty": False}
+    finally:
+        records.git_commit.cache_clear()  # the next caller reads the real tree
