@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from benchmarks.run import make_plan, run_cell
+from encoder_watch import watch_probe_encoder
 from methods import build_method
 from methods.backbone import build_encoder
 from tasks import build_task
@@ -83,13 +84,6 @@ TINY_EEG = {
 }
 
 
-def state_hash(module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
 
 def test_eeg_task_runs_end_to_end_on_generated_records(tmp_path, monkeypatch):
     record = run_cell("part", "eeg", cache=tmp_path / "cache", out=tmp_path / "runs",
@@ -113,22 +107,12 @@ def test_eeg_task_runs_end_to_end_on_generated_records(tmp_path, monkeypatch):
 
     # the frozen protocols on the same pretrained checkpoint: the encoder is read, never
     # changed (in memory and on disk), and one feature extraction serves both
-    import tasks.frozen as frozen_mod
     from benchmarks.run import with_protocol
     from tasks.protocols import frozen_metric_names
 
     encoder_file = next((tmp_path / "cache" / "pretrain").glob("*/encoder.pth"))
     on_disk = hashlib.sha256(encoder_file.read_bytes()).hexdigest()
-    hashes = []
-    real = frozen_mod.probe_encoder
-
-    def watched(encoder, *args, **kwargs):
-        before = state_hash(encoder)
-        out = real(encoder, *args, **kwargs)
-        hashes.append((before, state_hash(encoder)))
-        return out
-
-    monkeypatch.setattr(frozen_mod, "probe_encoder", watched)
+    hashes = watch_probe_encoder(monkeypatch)
     frozen = {}
     # the finetuning values are not the frozen runs' (and a record's name must stay short)
     common = {k: v for k, v in TINY_EEG.items()

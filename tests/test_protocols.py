@@ -1,11 +1,11 @@
 """Frozen-encoder protocols (tasks/protocols.py): kNN, feature extraction, linear probe."""
-import hashlib
 import re
 
 import pytest
 import torch
 from scipy import stats
 
+from encoder_watch import state_hash
 from methods.backbone import build_encoder
 from tasks.protocols import (LinearProbePlan, cached_features, extract_features, feature_cache_key,
                              frozen_metric_names, knn_accuracy, knn_classify, probe_encoder,
@@ -123,13 +123,6 @@ def images(n: int, num_classes: int = 2, seed: int = 0):
     x = torch.randn(n, 3, 32, 32, generator=g)
     return [(x[i], i % num_classes) for i in range(n)]
 
-
-def state_hash(module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 @pytest.mark.parametrize("pos_embed", ["none", "learn"])

@@ -15,6 +15,7 @@ from benchmarks.stats import format_mean_ci
 from benchmarks.tables import Column, Row, Table, fill
 from engine.errors import ConfigError
 from engine.plan import FinetunePlan, with_step_floor
+from encoder_watch import state_hash, watch_probe_encoder
 from engine.records import write_record
 from tasks.protocols import (LinearProbePlan, accuracy_interval, accuracy_warning,
                              class_prior_loss, loss_warning, majority_rate)
@@ -54,13 +55,6 @@ def digits(tmp_path_factory):
 def file_hash(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
-
-def state_hash(module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------ warnings
@@ -163,7 +157,6 @@ def test_protocol_option_names_the_record_and_the_plan(tmp_path):
 def test_frozen_protocols_through_the_task(tmp_path, digits, monkeypatch):
     """A pretrained encoder.pth is evaluated frozen by kNN and by the linear probe: the
     weights in memory and on disk do not change, features are cached and reused."""
-    import tasks.frozen as frozen_mod
     from methods.backbone import build_encoder
     from tasks import build_task
 
@@ -174,16 +167,7 @@ def test_frozen_protocols_through_the_task(tmp_path, digits, monkeypatch):
     torch.save({"state_dict": enc.state_dict()}, folder / "encoder.pth")
     on_disk = file_hash(folder / "encoder.pth")
 
-    hashes = []
-    real = frozen_mod.probe_encoder
-
-    def watched(encoder, *args, **kwargs):
-        before = state_hash(encoder)
-        out = real(encoder, *args, **kwargs)
-        hashes.append((before, state_hash(encoder)))
-        return out
-
-    monkeypatch.setattr(frozen_mod, "probe_encoder", watched)
+    hashes = watch_probe_encoder(monkeypatch)
     cache = tmp_path / "cache"
     results = {}
     for protocol in ("knn", "linear"):
