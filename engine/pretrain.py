@@ -32,6 +32,10 @@ __all__ = ["PretrainModel", "pretrain_key", "pretrain_identity", "pretrained_fol
 
 # Weight-decay groups of every pretraining: MAE's and DropPos's rule (engine.optim).
 PRETRAIN_PARAM_RULE = "mae"
+# How loader workers are seeded (engine.runner.seed_worker_per_epoch); part of the key, so
+# checkpoints pretrained under mmengine's per-run worker seeds (the same augmentation
+# draws every epoch) are not reused as if they were these.
+WORKER_SEEDING = "per-epoch"
 
 
 class PretrainModel(SuiteModel):
@@ -60,7 +64,8 @@ class PretrainModel(SuiteModel):
 
 def pretrain_identity(plan, data_id: dict) -> dict:
     """Everything that changes the pretrained weights, and nothing that does not: the
-    method's class, code version and constructor values, the encoder, the schedule (without the
+    method's class, code version and constructor values, the weight-decay rule and worker
+    seeding of the pretraining loop, the encoder, the schedule (without the
     gradient-accumulation split of the same global batch), the pretraining data's
     identity and the seed. Loader knobs, the world size and the method's *name* are
     left out, so ``mp3`` and ``mp3-nope`` share a checkpoint."""
@@ -72,6 +77,7 @@ def pretrain_identity(plan, data_id: dict) -> dict:
     schedule.pop("grad_accum", None)
     return dict(method=plan.method.cls, version=method_entry(plan.method.name).cls.version,
                 method_cfg=plan.method.config, param_rule=PRETRAIN_PARAM_RULE,
+                worker_seeding=WORKER_SEEDING,
                 encoder=asdict(plan.encoder), pretrain=schedule, data=data_id, seed=plan.seed)
 
 
