@@ -73,7 +73,8 @@ else
             CFLAGS="$NODEBUG" CXXFLAGS="$NODEBUG" LDFLAGS="${LDFLAGS:-} -s" \
             MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} \
                 "$OLDPWD/$VENV/bin/python" -m pip wheel --no-build-isolation --no-deps -v . -w "$WHEELS" 2>&1 \
-                | grep --line-buffered -E '^\[[0-9]+/[0-9]+\]|Building|Created wheel|error' || true
+                | sed -unE -e 's#^ *(\[[0-9]+/[0-9]+\]) .* -c \S*/(mmcv/ops/csrc/\S+) -o .*#\1 \2#p' \
+                          -e '/Building wheel|Created wheel|error/p' || true
         )
         WHEEL=$(ls "$WHEELS"/mmcv-$MMCV-*.whl 2>/dev/null | head -n 1 || true)
         [ -n "$WHEEL" ] || { echo "[setup] error: mmcv $MMCV build failed (see above)" >&2; exit 1; }
