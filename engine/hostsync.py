@@ -25,6 +25,8 @@ collectives at the same steps.
 """
 from __future__ import annotations
 
+import abc
+
 import torch
 from mmengine.hooks import RuntimeInfoHook
 from mmengine.registry import HOOKS
@@ -58,12 +60,12 @@ def read_scalars(tensors: list[torch.Tensor]) -> list:
     return out
 
 
-class DeferredReads:
+class DeferredReads(abc.ABC):
     """A hook that holds device values until a sync iteration (module docstring)."""
 
+    @abc.abstractmethod
     def flush(self, runner) -> None:
         """Read what is held now, in this process only: no collective."""
-        raise NotImplementedError
 
 
 @HOOKS.register_module()

@@ -54,7 +54,7 @@ from .classifier import ClassifierModel
 from .data.sources import data_source
 from .frozen import FrozenData, FrozenProtocols
 from .metrics import Top1Accuracy  # noqa: F401  (registers the metric the Runner names)
-from .protocols import LinearProbePlan, class_prior_loss, final_train_loss, loss_warning
+from .protocols import LinearProbePlan
 
 __all__ = ["ClassificationTask"]
 
@@ -149,16 +149,12 @@ class ClassificationTask(FrozenProtocols, Task):
             experiment_name=f"finetune_{uuid.uuid4().hex[:8]}")
         runner.train()
         metrics = runner.test()
-        final_loss = final_train_loss(runner, iters)
-        out = {"acc1": float(metrics["acc1"]), "final_train_loss": final_loss,
-               "finetune_epochs": int(epochs),
+        out = {"acc1": float(metrics["acc1"]), "finetune_epochs": int(epochs),
                "finetune_steps": int(epochs * iters // max(1, ft.grad_accum))}
         if load_report is not None:
             out["new_keys"] = load_report["missing"]
-        prior = class_prior_loss(train_base.targets, num_classes, ft.smoothing)
-        out["warnings"] = self.sanity_warnings(
-            out, test_base.targets, log,
-            loss_warning(final_loss, prior))
+        self.finetune_warnings(runner, out, train_base.targets, num_classes, ft.smoothing,
+                               test_base.targets, log)
         return out
 
     # ---------------------------------------------------------------- frozen protocols

@@ -39,8 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import ConfigError, DataError
-from engine.plan import (DataPlan, EncoderPlan, LoaderPlan, PretrainPlan, ProtocolPlan, _Schedule,
-                         iters_per_epoch)
+from engine.plan import DataPlan, EncoderPlan, LoaderPlan, PretrainPlan, ProtocolPlan, _Schedule
 from engine.runner import build_runner
 from methods.backbone import build_encoder
 
@@ -51,7 +50,7 @@ from .data.physionet2018 import (EEG_CHANNELS, STAGES, EEGPreprocessing, EEGWind
                                  PhysionetCache, PhysionetDataError, build_cache, split_subjects)
 from .frozen import FrozenData, FrozenProtocols
 from .metrics import SleepStagingMetrics  # noqa: F401  (registers the metric the Runner names)
-from .protocols import LinearProbePlan, class_prior_loss, final_train_loss, loss_warning
+from .protocols import LinearProbePlan
 
 __all__ = ["EEGTask", "EEGPlan", "EEGFinetunePlan"]
 
@@ -246,10 +245,5 @@ class EEGTask(FrozenProtocols, Task):
         if report is not None:
             out["new_keys"] = report["missing"]
         # a finetuning that learnt nothing says so, as the image tasks' do
-        iters = iters_per_epoch(len(train), plan.finetune_batch(), plan.world_size,
-                                len(train) >= plan.finetune_batch(), ft.repeated_aug)
-        out["final_train_loss"] = final_train_loss(runner, iters)
-        prior = class_prior_loss(train.labels, len(STAGES), ft.smoothing)
-        out["warnings"] = self.sanity_warnings(out, test.labels, log,
-                                               loss_warning(out["final_train_loss"], prior))
+        self.finetune_warnings(runner, out, train.labels, len(STAGES), ft.smoothing, test.labels, log)
         return out

@@ -37,8 +37,8 @@ from engine.plan import PROTOCOLS, stable_hash, with_step_floor
 from methods.backbone import build_encoder
 
 from .checkpoint import load_encoder_weights, read_encoder_state
-from .protocols import (accuracy_warning, class_prior_loss, feature_cache_key, frozen_metric_names,
-                        loss_warning, majority_rate, probe_encoder)
+from .protocols import (accuracy_warning, class_prior_loss, feature_cache_key, final_train_loss,
+                        frozen_metric_names, loss_warning, majority_rate, probe_encoder)
 
 __all__ = ["FrozenProtocols", "FrozenData"]
 
@@ -105,6 +105,17 @@ class FrozenProtocols:
         for w in found:
             log(f"[warning] {self.plan.task}: {w}")
         return found
+
+    def finetune_warnings(self, runner, metrics: dict, train_labels, num_classes: int,
+                          smoothing: float, test_labels, log) -> None:
+        """After a finetuning on ``runner``: ``metrics["final_train_loss"]`` (the mean loss
+        of its last epoch) and ``metrics["warnings"]`` (:meth:`sanity_warnings` with the
+        loss at the class prior of ``train_labels`` as the extra check)."""
+        final = final_train_loss(runner, len(runner.train_dataloader))
+        metrics["final_train_loss"] = final
+        prior = class_prior_loss(train_labels, num_classes, smoothing)
+        metrics["warnings"] = self.sanity_warnings(metrics, test_labels, log,
+                                                   loss_warning(final, prior))
 
     # ---------------------------------------------------------------- frozen protocols
     def frozen_encoder(self, pretrained, log=print):
