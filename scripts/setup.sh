@@ -48,7 +48,7 @@ if "$VENV/bin/python" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MM
 else
     WHEEL=$(ls "$WHEELS"/mmcv-$MMCV-*.whl 2>/dev/null | head -n 1 || true)
     if [ -z "$WHEEL" ]; then
-        step "building mmcv $MMCV with compiled ops ($FLAVOUR); about 10 minutes on 2 cores, once"
+        step "building mmcv $MMCV with compiled ops ($FLAVOUR); about 4 minutes on 2 cores, once"
         BUILD=$(mktemp -d)
         trap 'rm -rf "$BUILD"' EXIT
         $PIP download -q --no-deps --no-build-isolation --no-binary :all: "mmcv==$MMCV" -d "$BUILD"
@@ -68,13 +68,20 @@ else
         # library of a build with debug information is 82 MB, 2.0 MB without it.
         NODEBUG="$("$VENV/bin/python" -c \
             'import sysconfig; print(" ".join(f for f in (sysconfig.get_config_var("CFLAGS") or "").split() if not f.startswith("-g")))') -g0"
+        # torch's headers parsed once for all 77 units, through a precompiled header
+        # (scripts/cxx_with_torch_pch.sh says how; gcc only, and only where flock exists).
+        # Measured on cpu/roi_align.cpp: 18.4 s -> 6.3 s, the object byte-identical.
+        if [ -z "${CXX:-}" ] && command -v flock >/dev/null 2>&1 \
+            && c++ -v 2>&1 | grep -q '^gcc version'; then
+            export CXX="$PWD/scripts/cxx_with_torch_pch.sh" PART_BENCH_PCH_DIR="$BUILD"
+        fi
         (
             cd "$SRC"
             CFLAGS="$NODEBUG" CXXFLAGS="$NODEBUG" LDFLAGS="${LDFLAGS:-} -s" \
             MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} \
                 "$OLDPWD/$VENV/bin/python" -m pip wheel --no-build-isolation --no-deps -v . -w "$WHEELS" 2>&1 \
                 | sed -unE -e 's#^ *(\[[0-9]+/[0-9]+\]) .* -c \S*/(mmcv/ops/csrc/\S+) -o .*#\1 \2#p' \
-                          -e '/Building wheel|Created wheel|error/p' || true
+                          -e '/Building wheel|Created wheel|error|Winvalid-pch/p' || true
         )
         WHEEL=$(ls "$WHEELS"/mmcv-$MMCV-*.whl 2>/dev/null | head -n 1 || true)
         [ -n "$WHEEL" ] || { echo "[setup] error: mmcv $MMCV build failed (see above)" >&2; exit 1; }
