@@ -51,7 +51,7 @@ def parse_args(argv=None):
     p = OneLineParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     explaining = "--explain" in (sys.argv[1:] if argv is None else argv)
     p.add_argument("--method", required=not explaining, help="a registered method, e.g. part, part-grid")
-    p.add_argument("--task", required=not explaining, help="cifar100, imagenet, pretext, coco")
+    p.add_argument("--task", required=not explaining, help="cifar100, imagenet, pretext, coco, eeg")
     p.add_argument("--explain", metavar="RECORD", default=None,
                    help="print the command (and commit) that reproduces a record, and exit")
     p.add_argument("--preset", default="tiny", help="tiny (default), paper, or a preset file")

@@ -266,3 +266,16 @@ def test_real_interpreter(args, expected, dirs):
     else:
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(expected), res.stderr
+
+
+def test_help_names_every_task(capsys):
+    """The --task help is what a user reads first; it must list every registered task."""
+    from benchmarks.run import parse_args
+    from tasks import TASKS
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    shown = capsys.readouterr().out
+    options = shown[shown.index("options:"):]
+    task_help = options[options.index("--task TASK"):options.index("--explain RECORD")]
+    assert all(name in task_help for name in TASKS), (sorted(TASKS), task_help)
