@@ -6,8 +6,8 @@
 # unit's own command line (the same flags, defines and include paths), and every unit
 # loads it. gcc uses a precompiled header only where the flags allow it, otherwise it
 # parses the headers as before (-Winvalid-pch then says why). The code is the same, not
-# always the same bytes: declarations reach gcc in another order, and in a few functions
-# it picks other registers (mmcv's whole library: 195 of 308,742 instructions, README).
+# always the same bytes: in a few functions gcc picks other registers or another order
+# (mmcv's whole library: 195 of 308,742 instructions; the ops' outputs identical, README).
 # Anything that is not a C++ compile (linking, -v) passes through.
 set -euo pipefail
 real=${PART_BENCH_REAL_CXX:-c++}
