@@ -430,8 +430,9 @@ def render_markdown(table: Table, df, preset: str, seeds: int) -> str:
     spread = ("mean ± std [95% t-interval of the mean] over seeds" if seeds > 1 else
               "one seed")
     out = [f"# {table.title}", "",
-           f"Measured: preset `{preset}`, {seeds} seed(s), {spread}. "
-           f"Paper: the numbers the paper reports.", "",
+           f"Measured: preset `{preset}`, {seeds} seed(s), {spread}."
+           + (" Paper: the numbers the paper reports." if any(c.paper for c in table.columns)
+              else ""), "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     warned, diffs = [], []
     for _, r in df.iterrows():

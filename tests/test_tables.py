@@ -37,6 +37,15 @@ def test_table5_aggregates_seeds_and_places_the_paper_beside(tmp_path):
     assert "| MLP | 1.50 ± 0.71 [-4.85, 7.85] | 3.18 |" in md
     assert "| Pairwise MLP | — | 2.84 |" in md
     assert "83.00" in md  # the paper's number as printed
+    assert "Paper: the numbers the paper reports." in md
+
+
+def test_a_table_without_paper_columns_does_not_speak_of_them(tmp_path):
+    from benchmarks.rank import rank_table
+
+    fill("rank", "tiny", seeds=1, run=False, out_root=tmp_path, table=rank_table("cifar100"))
+    md = next(tmp_path.glob("rank*.md")).read_text()
+    assert "(paper)" not in md and "Paper:" not in md
 
 
 def test_paper_only_rows_and_future_tasks(tmp_path):
