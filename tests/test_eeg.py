@@ -84,7 +84,6 @@ TINY_EEG = {
 }
 
 
-
 def test_eeg_task_runs_end_to_end_on_generated_records(tmp_path, monkeypatch):
     record = run_cell("part", "eeg", cache=tmp_path / "cache", out=tmp_path / "runs",
                       cfg_options=TINY_EEG, log=lambda *_: None)

@@ -124,7 +124,6 @@ def images(n: int, num_classes: int = 2, seed: int = 0):
     return [(x[i], i % num_classes) for i in range(n)]
 
 
-
 @pytest.mark.parametrize("pos_embed", ["none", "learn"])
 def test_extract_features_take_the_right_tokens(pos_embed):
     torch.manual_seed(0)

@@ -15,8 +15,8 @@ from benchmarks.stats import format_mean_ci
 from benchmarks.tables import Column, Row, Table, fill
 from engine.errors import ConfigError
 from engine.plan import FinetunePlan, with_step_floor
-from encoder_watch import state_hash, watch_probe_encoder
 from engine.records import write_record
+from encoder_watch import state_hash, watch_probe_encoder
 from tasks.protocols import (LinearProbePlan, accuracy_interval, accuracy_warning,
                              class_prior_loss, loss_warning, majority_rate)
 
@@ -54,7 +54,6 @@ def digits(tmp_path_factory):
 
 def file_hash(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
 
 
 # ------------------------------------------------------------------------ warnings
