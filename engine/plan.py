@@ -369,7 +369,7 @@ PUBLISHED_TRAIN_SIZES = {"cifar100": 50000, "imagenet": 1281167, "coco": 117266}
 # (``Task.sections``: name -> dataclass) and may add its own (``plan.options``).
 COMMON_SECTIONS = ("data", "encoder", "pretrain", "pretrain_data", "finetune", "detector",
                    "evaluation", "loader", "source")
-ROW_SECTIONS = ("method", "pretrain", "finetune", "detector", "encoder")
+ROW_SECTIONS = ("method", "pretrain", "finetune", "detector", "encoder", "data", "pretrain_data")
 
 
 # ------------------------------------------------------------------------ layers
@@ -685,7 +685,8 @@ def resolve_plan(cfg: dict, method: str, task: str, *, seed: int = 0, world_size
     if finetune is not None:
         finetune.batch_per_process(world_size)
 
-    variant = _variant(layers, row_sections)
+    # a data root replaces the embedded data, so their options do not name the record
+    variant = _variant(layers, row_sections, skip=("data.embedded.",) if data_root else ())
     sources = {k: s for k, s in layers.sources.items()}
     return RunPlan(preset=preset, task=task, kind=kind, seed=int(seed), world_size=world_size,
                    method=method_plan, encoder=encoder, pretrain=pretrain, finetune=finetune,
@@ -708,12 +709,13 @@ def _pretrain_source(pre: DataPlan, data: DataPlan, preset: str) -> DataPlan:
     return pre
 
 
-def _variant(layers: Layers, row_sections=ROW_SECTIONS) -> str:
-    """What a row or the command line changed in the method/schedule sections: the
-    record's name, so variants never overwrite the default cell."""
+def _variant(layers: Layers, row_sections=ROW_SECTIONS, skip: tuple = ()) -> str:
+    """What a row or the command line changed in the method, schedule, encoder and data
+    sections: the record's name, so variants never overwrite the default cell. Keys
+    starting with a prefix in ``skip`` do not count."""
     parts = []
     for key in sorted(layers.sources):
-        if layers.sources[key] not in ("row", "command line"):
+        if layers.sources[key] not in ("row", "command line") or key.startswith(skip):
             continue
         sec = key.split(".")[0]
         if sec not in row_sections:

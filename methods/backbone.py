@@ -28,6 +28,8 @@ __all__ = ["ViTEncoder", "PatchEmbed1d", "build_encoder", "ENCODER_ARCHS"]
 ENCODER_ARCHS = {
     "vit_micro": dict(embed_dim=96, depth=4, num_heads=3),      # tiny preset (CPU)
     "vit_tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    # vit_micro at twice the width: README "What the tiny preset can support" measures it
+    "vit_micro_wide": dict(embed_dim=192, depth=4, num_heads=3),
     "vit_small": dict(embed_dim=384, depth=12, num_heads=6),
     "vit_base": dict(embed_dim=768, depth=12, num_heads=12),
     # the EEG encoder: with 6 x 100-sample patches, 30 tokens and 5 classes, 12.80 M

@@ -79,6 +79,29 @@ def test_variants_inherit_every_layer_of_their_base(layered):
     assert nope.finetune.pos_embed is False and "finetune_pos_embed" not in nope.method.config
 
 
+def test_a_data_or_encoder_change_names_its_record_apart_from_the_default_cell(tmp_path):
+    """A row or command-line change of the data or the encoder is a variant: its record
+    never overwrites the default cell's (five times the test images is another number)."""
+    from benchmarks.run import cell_record_path
+
+    default = cell_record_path("part", "cifar100", out=tmp_path)
+    row = {"encoder.arch": "vit_micro_wide", "data.embedded.num_test": 5000}
+    plan = make_plan("part", "cifar100", row=row)
+    assert plan.variant == "data.embedded.num_test=5000,encoder.arch=vit_micro_wide"
+    assert plan.data.embedded["num_test"] == 5000 and plan.sources["data.embedded.num_test"] == "row"
+    assert cell_record_path("part", "cifar100", out=tmp_path, row=row) != default
+    cli = {"tasks.cifar100.data.embedded.num_test": 5000}
+    assert make_plan("part", "cifar100", cfg_options=cli).variant == "data.embedded.num_test=5000"
+    assert cell_record_path("part", "cifar100", out=tmp_path, cfg_options=cli) != default
+    # a data root replaces the embedded data: their options neither apply nor name the record
+    real = make_plan("part", "cifar100", row=row, data_root=str(tmp_path))
+    assert real.data.embedded is None and real.variant == "encoder.arch=vit_micro_wide"
+    # the data a task pretrains on (coco: generated ImageNet-format scenes) as well
+    coco = make_plan("part", "coco", cfg_options={"tasks.coco.pretrain_data.embedded.num_train": 500})
+    assert coco.variant == "pretrain_data.embedded.num_train=500"
+    assert coco.pretrain_data.embedded["num_train"] == 500
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(cfg_options={"methods.part.num_pair": 1}), "'num_pair' for method 'part'"),
     (dict(cfg_options={"methods.nope.num_pairs": 1}), "unknown method 'nope'"),
