@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 CIFAR = "tasks.cifar100"
 TINY_CIFAR = [f"{CIFAR}.data.embedded.num_train=64", f"{CIFAR}.data.embedded.num_test=16",
               f"{CIFAR}.loader.num_workers=0"]
+TINY_CIFAR_VARIANT = "data.embedded.num_test=16,data.embedded.num_train=64"
 
 
 def _tree_hashes(*folders: Path) -> dict[str, str]:
@@ -48,6 +49,9 @@ def dirs(tmp_path):
     out, cache = tmp_path / "runs", tmp_path / "cache"
     (out).mkdir()
     (out / "part__cifar100__seed0.json").write_text('{"metrics": {"acc1": 42.0}}\n')
+    # the same cell on TINY_CIFAR's smaller data set (its data options name the record)
+    (out / f"part[{TINY_CIFAR_VARIANT}]__cifar100__seed0.json").write_text(
+        '{"metrics": {"acc1": 43.0}}\n')
     earlier = cache / "pretrain" / "part-s0-0123456789"
     earlier.mkdir(parents=True)
     (earlier / "encoder.pth").write_bytes(b"earlier weights")

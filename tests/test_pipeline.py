@@ -86,8 +86,9 @@ def test_run_cell_end_to_end_writes_a_record_and_reuses_the_checkpoint(tmp_path)
                    log=logs.append)
     path = Path(rec["path"])
     on_disk = json.loads(path.read_text())
-    # the command line changed the schedule: the record is named by that variant
-    assert path.name == ("part[finetune.epochs=1,pretrain.epochs=1,pretrain.warmup_epochs=0.5]"
+    # the command line changed the data and the schedule: the record is named by that variant
+    assert path.name == ("part[data.embedded.num_test=128,data.embedded.num_train=1024,"
+                         "finetune.epochs=1,pretrain.epochs=1,pretrain.warmup_epochs=0.5]"
                          "__cifar100__seed0.json")
     assert 0.0 <= on_disk["metrics"]["acc1"] <= 100.0
     # only the new position embedding and classifier head were freshly initialised
