@@ -280,10 +280,10 @@ def runtime_here(loader) -> dict:
 def describe_plan(plan, cache_root: Path, out=None) -> dict:
     """Everything ``--dry-run`` shows, as one dict (``--json`` prints it as is)."""
     from engine.errors import PartBenchError
-    from engine.plan import PUBLISHED_TRAIN_SIZES, iters_per_epoch, plan_to_dict, with_step_floor
+    from engine.plan import iters_per_epoch, plan_to_dict, with_step_floor
     from engine.pretrain import is_pretrained, pretrained_folder
     from engine.records import record_path
-    from tasks import build_task
+    from tasks import TASKS, build_task
 
     info = plan_to_dict(plan)
     info["sources"] = plan.sources
@@ -307,6 +307,7 @@ def describe_plan(plan, cache_root: Path, out=None) -> dict:
     info["missing_data"] = missing
 
     iterations = {}
+    published = TASKS[plan.task].published_sizes(plan)
     phases = (("pretrain", plan.pretrain, plan.pretrain_data), ("finetune", plan.finetune, plan.data))
     for phase, sched, data in phases:
         if sched is None:
@@ -317,7 +318,7 @@ def describe_plan(plan, cache_root: Path, out=None) -> dict:
             n = (data.embedded or {}).get("num_train")
             n, how = (int(n), "embedded") if n else (None, "")
         if n is None:
-            n, how = PUBLISHED_TRAIN_SIZES.get(data.dataset), "published size"
+            n, how = published.get(phase) or (None, "")
         if n is None:
             continue
         per = sched.batch_per_process(plan.world_size)

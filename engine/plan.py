@@ -153,6 +153,10 @@ class FinetunePlan(_Schedule):
     smoothing: float = 0.1
     reprob: float = 0.25
     rrc_scale: tuple = (0.08, 1.0)
+    # inputs of 32 px or less: RandomCrop(size, padding=small_input_pad) instead of the
+    # random resized crop, as DeiT's datasets.py build_transform does for CIFAR-size
+    # inputs (None: keep the resized crop at every size)
+    small_input_pad: int | None = 4
     hflip: float = 0.5
     color_jitter: float = 0.4
     repeated_aug: int = 3            # repeats per sample (1: off)
@@ -331,6 +335,8 @@ class MethodPlan:
     cls: str
     config: dict            # the method class's constructor arguments (no encoder)
     pretrains: bool
+    version: int = 1        # the method class's code version: a record of another version
+                            # is not today's result (tables render it as stale)
 
 
 @dataclass(frozen=True)
@@ -635,7 +641,7 @@ def resolve_plan(cfg: dict, method: str, task: str, *, seed: int = 0, world_size
                               f"{', '.join(sorted(where))}); {cls.__name__} accepts: "
                               f"{', '.join(sorted(accepted))}")
     method_plan = MethodPlan(name=method, base=base, cls=cls.__name__, config=method_cfg,
-                             pretrains=cls.pretrains)
+                             pretrains=cls.pretrains, version=int(cls.version))
 
     # ---- finetuning recipe: a layer just above the defaults
     sections = dict(task_sections(src_name, tasks_cfg))
@@ -771,7 +777,8 @@ def plan_to_dict(plan: RunPlan) -> dict:
     out = dict(preset=plan.preset, task=plan.task, kind=plan.kind, seed=plan.seed,
                world_size=plan.world_size, variant=plan.variant,
                method=dict(name=plan.method.name, base=plan.method.base, cls=plan.method.cls,
-                           pretrains=plan.method.pretrains, **plan.method.config),
+                           pretrains=plan.method.pretrains, version=plan.method.version,
+                           **plan.method.config),
                encoder=sec(plan.encoder), loader=sec(plan.loader), data=sec(plan.data),
                pretrain_data=sec(plan.pretrain_data), detector=sec(plan.detector),
                evaluation=sec(plan.evaluation))
@@ -823,7 +830,7 @@ def format_plan(info: dict) -> str:
         it = info.get("iterations", {}).get(phase)
         if it:
             lines.append(f"  {phase} iterations: {it['per_epoch']} per epoch x {it['epochs']} "
-                         f"epochs = {it['total']} ({it['num_images']} images, {it['count']})")
+                         f"epochs = {it['total']} ({it['num_images']} samples, {it['count']})")
     rt = info.get("runtime")
     if rt:
         lines.append(f"  on this machine ({rt['device']}): precision {rt['precision']} -> "
@@ -849,4 +856,5 @@ def format_plan(info: dict) -> str:
     return "\n".join(lines)
 
 
-DERIVED = ("lr", "lr_rule", "batch_size_per_process", "base", "cls", "pretrains", "note", "root")
+DERIVED = ("lr", "lr_rule", "batch_size_per_process", "base", "cls", "pretrains", "version",
+           "note", "root")

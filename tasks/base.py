@@ -118,6 +118,19 @@ class Task:
         (None where the plan's data has no root); ``--dry-run`` shows them."""
         raise NotImplementedError(f"task {self.name} does not count its data")
 
+    @classmethod
+    def published_sizes(cls, plan) -> dict[str, tuple[int, str] | None]:
+        """Samples per epoch of ``pretrain`` and ``finetune`` from the data sets' published
+        sizes, with how each was obtained, for plans made without the data (dry runs of
+        the paper preset)."""
+        from engine.plan import PUBLISHED_TRAIN_SIZES
+
+        def size(data):
+            n = PUBLISHED_TRAIN_SIZES.get(data.dataset)
+            return None if n is None else (n, "published size")
+
+        return {"pretrain": size(plan.pretrain_data), "finetune": size(plan.data)}
+
     def run(self, *, pretrained: Path | None, work_dir: Path,
             log: Callable[[str], None] = print) -> dict:
         """Finetune/evaluate. ``pretrained``: the folder with ``encoder.pth`` and

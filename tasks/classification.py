@@ -40,6 +40,7 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
+import torchvision.transforms as T
 from timm.data import create_transform
 
 from engine.errors import ConfigError
@@ -103,6 +104,9 @@ class ClassificationTask(FrozenProtocols, Task):
             re_prob=ft.reprob, re_mode="pixel", re_count=1,
             interpolation="bicubic", scale=tuple(ft.rrc_scale),
             color_jitter=ft.color_jitter, hflip=ft.hflip)
+        if ft.small_input_pad is not None and self.img_size <= 32:
+            # DeiT's rule for CIFAR-size inputs: a padded random crop, not a resized one
+            train_tf.transforms[0] = T.RandomCrop(self.img_size, padding=ft.small_input_pad)
         crop = ft.eval_crop_pct if ft.eval_crop_pct is not None else (
             0.875 if self.img_size >= 224 else 1.0)
         eval_tf = create_transform(self.img_size, is_training=False, interpolation="bicubic",

@@ -162,6 +162,18 @@ class EEGTask(FrozenProtocols, Task):
         if self._cache is not None:
             self.split()
 
+    #: 30 s windows of one record where none is counted (assumption: a night of 8 h;
+    #: PhysioNet 2018 publishes its record counts, not its lengths)
+    WINDOWS_PER_RECORD_ESTIMATE = 960
+
+    @classmethod
+    def published_sizes(cls, plan):
+        """Windows per epoch estimated from the plan's subject counts (one record each)."""
+        e = plan.options["eeg"]
+        how = f"estimate: subjects x {cls.WINDOWS_PER_RECORD_ESTIMATE} windows of a night"
+        return {"pretrain": (e.pretrain_subjects * cls.WINDOWS_PER_RECORD_ESTIMATE, how),
+                "finetune": (e.finetune_subjects * cls.WINDOWS_PER_RECORD_ESTIMATE, how)}
+
     def train_sizes(self):
         return {"pretrain": None, "finetune": None}  # windows are counted once preprocessed
 

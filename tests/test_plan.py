@@ -190,6 +190,52 @@ def test_paper_tables_state_the_papers_epochs():
     assert sorted({(r.overrides["method.num_pairs"], r.overrides["pretrain.epochs"]) for r in fig8}) == \
         sorted((p, e) for p in (512, 1024, 2048, 4096) for e in (400, 1000, 4000))
     assert "aspect + scale row pretrains 100 epochs" in TABLES["table1"].note_for("paper")
+    # rows with their own schedules (Tables 6 and 7): the epochs their labels and the
+    # paper's rows state (the full check against the paper's CSV is in test_tables)
+    expected = {("table6", "MAE (150 ep)"): (150, 150), ("table6", "MAE (1600 ep)"): (1600, 100),
+                ("table6", "MP3 w/o PE"): (100, 300), ("table6", "DropPos"): (200, 100),
+                ("table6", "PART"): (400, 300), ("table7", "MAE"): (2000, 400),
+                ("table7", "MP3 w/ PE"): (2000, 400), ("table7", "MP3 w/o PE"): (2000, 400),
+                ("table7", "PART"): (1000, 400)}
+    task = {"table6": "imagenet", "table7": "cifar100"}
+    for (name, label), epochs in expected.items():
+        row = next(r for r in TABLES[name].rows_for("paper") if r.label == label)
+        plan = make_plan(row.method, task[name], preset="paper", row=row.plan_overrides("paper"))
+        assert (plan.pretrain.epochs, plan.finetune.epochs) == epochs, (name, label)
+
+
+def test_eeg_paper_dry_run_without_data_estimates_its_iterations():
+    info = dry_run("part", "eeg", preset="paper")
+    # 1653 pretraining and 10 finetuning subjects, one record of ~960 windows each, batch 256
+    assert info["iterations"]["pretrain"]["per_epoch"] == 1653 * 960 // 256
+    assert info["iterations"]["pretrain"]["total"] == 1653 * 960 // 256 * 1000
+    assert info["iterations"]["finetune"]["total"] == 10 * 960 // 256 * 100
+    assert "estimate" in info["iterations"]["finetune"]["count"]
+
+
+@pytest.mark.parametrize("size,first", [(32, "RandomCrop"), (64, "RandomResizedCrop")])
+def test_finetuning_crop_follows_deits_small_input_rule(size, first):
+    """At 32 px and below DeiT pads by 4 and crops; above it keeps the resized crop."""
+    import torch
+    from PIL import Image
+
+    from tasks import build_task
+
+    plan = make_plan("scratch", "cifar100", cfg_options={
+        "tasks.cifar100.encoder.img_size": size, "tasks.cifar100.encoder.patch_size": 8})
+    train_tf, _ = build_task(plan, REPO / "cache").finetune_transforms()
+    crop = train_tf.transforms[0]
+    assert type(crop).__name__.startswith(first)
+    if first == "RandomCrop":
+        assert crop.padding == 4 and crop.size == (size, size)
+        # a padded crop keeps the image's scale: an all-white image stays white but for
+        # a border of at most 4 px of zero padding
+        torch.manual_seed(0)
+        out = crop(Image.new("RGB", (size, size), (255, 255, 255)))
+        import numpy as np
+
+        white = (np.asarray(out) == 255).all(-1)
+        assert white.sum() >= (size - 4) ** 2 and white.any(0).sum() >= size - 4
 
 
 # --------------------------------------------------------------------------- keys

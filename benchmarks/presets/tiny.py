@@ -24,7 +24,8 @@ _pretrain_32 = dict(
 # DeiT's schedule (the finetune defaults), scaled down: 6 epochs but at least 500
 # optimizer steps (a small real data set, e.g. 1.5k images = 23 steps an epoch, gets 22
 # epochs; the embedded 4000 images, 62 steps an epoch, get 9), lr 1e-3 at batch 64,
-# warmup 1 epoch, milder crops, no repeated augmentation (3 repeats of 6 epochs would
+# warmup 1 epoch, DeiT's padded crop at these 32 px inputs (finetune.small_input_pad;
+# rrc_scale applies only to larger inputs), no repeated augmentation (3 repeats of 6 epochs would
 # show each image in only 2 epochs' worth of distinct draws). DeiT's regularisers are
 # off (Mixup, CutMix, RandAugment, random erasing; colour jitter, which timm applies only
 # without RandAugment, too): made for 300 epochs of 1.2M images, at a few hundred steps
