@@ -7,7 +7,7 @@ ARGS    ?=
 DRY_RUN ?=
 TABLE_ARGS = --preset $(PRESET) --seeds $(SEEDS) $(if $(filter 1,$(DRY_RUN)),--dry-run) $(ARGS)
 
-.PHONY: setup doctor test table1 table2 table3 table4 table5 table6 table7 fig8 figures speed rank
+.PHONY: setup doctor test results table1 table2 table3 table4 table5 table6 table7 fig8 figures speed rank
 
 setup:                     ## create .venv with every package the suite needs (incl. mmcv ops)
 	bash scripts/setup.sh
@@ -17,6 +17,9 @@ doctor:                    ## versions, and a correctness check of mmcv's compil
 
 test:                      ## the whole test suite (CPU, < 10 minutes)
 	$(PY) -m pytest tests
+
+results:                   ## every tiny table, Figure 8, the ranking and Figs 4-6 with today's code
+	$(PY) -m benchmarks.results --preset $(PRESET) $(ARGS)
 
 table5:                    ## Table 5: relative encoders (cross-attention, MLP, pairwise MLP)
 	$(PY) -m benchmarks.tables table5 $(TABLE_ARGS)

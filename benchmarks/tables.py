@@ -7,7 +7,7 @@ columns (a task and the metric it reports). Each (row, column, seed) cell is one
 record written by :func:`benchmarks.run.run_cell`; the command runs the cells that
 have no record yet (a pretrained checkpoint is shared by every task of a row), then
 renders ``results/<preset>/<table>.{csv,md}`` with mean ± std over seeds and the
-paper's numbers (``results/paper/<table>.csv``) in their own columns.
+paper's numbers (``paper_numbers/<table>.csv``) in their own columns.
 
 With more than one seed a cell shows ``mean ± std [95% t-interval of the mean]``
 (:func:`benchmarks.stats.format_mean_ci`; std with ddof = 1). A table with a
@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PAPER = REPO / "results" / "paper"
+PAPER = REPO / "paper_numbers"  # the paper's numbers: read, never written
 
 
 @dataclass(frozen=True)
 class Row:
-    label: str                      # as in the paper (and in results/paper/<table>.csv)
+    label: str                      # as in the paper (and in paper_numbers/<table>.csv)
     method: str | None              # registered method; None = the paper's row only
     # plan overrides of the row (the "row" layer of engine/plan.py), dotted:
     # "method.num_pairs", "pretrain.epochs"; preset_overrides adds some for one preset
@@ -42,7 +42,7 @@ class Row:
     status: str = "not implemented"  # shown in the measured cells of a paper-only row
     presets: tuple | None = None    # the presets that have this row (None: all)
     skip_presets: tuple = ()
-    paper_label: str | None = None  # its row in results/paper/<table>.csv (default: label)
+    paper_label: str | None = None  # its row in paper_numbers/<table>.csv (default: label)
 
     def plan_overrides(self, preset: str) -> dict:
         return {**self.overrides, **self.preset_overrides.get(preset, {})}
@@ -56,8 +56,8 @@ class Column:
     label: str
     task: str
     metric: str                     # a metric of the record, or with from_plan a dotted plan key
-    paper: str                      # column name in results/paper/<table>.csv
-    from_plan: bool = False         # e.g. "pretrain.epochs": what the run was given (None -> 0)
+    paper: str                      # column name in paper_numbers/<table>.csv
+    from_plan: bool = False         # e.g. "pretrain.epochs": the cell's plan value (None -> 0)
     digits: int = 2                 # decimals shown in the Markdown
     protocol: str | None = None     # knn | linear: the task's evaluation protocol (None: finetune)
 
@@ -76,14 +76,30 @@ class Column:
                 if w.startswith(f"{self.metric}:") or w.startswith("training:")]
 
     def value(self, record: dict):
-        if not self.from_plan:
-            return record["metrics"].get(self.metric)
-        node = record["plan"]
-        for part in self.metric.split("."):
+        """The measured value of a record (a metric; ``from_plan`` columns use
+        :meth:`plan_value` instead)."""
+        return record["metrics"].get(self.metric)
+
+    def plan_value(self, plan) -> str:
+        """A ``from_plan`` column's text from a cell's resolved plan (a ``RunPlan``):
+        ``yes``/``no`` for a switch, an epoch count with the step floor that can raise it
+        on small data (``6, >= 500 steps``), 0 for a phase the method does not have."""
+        from engine.plan import plan_to_dict, with_step_floor
+
+        node = plan_to_dict(plan)
+        parts = self.metric.split(".")
+        for part in parts:
             if node is None:
-                return 0  # no such phase (a method without pretraining)
+                return "0"  # no such phase (a method without pretraining)
             node = node.get(part)
-        return node
+        if isinstance(node, bool):
+            return "yes" if node else "no"
+        schedule = getattr(plan, parts[0], None)
+        if parts[-1] == "epochs" and schedule is not None:
+            floor = getattr(with_step_floor(schedule, plan.sources, parts[0]), "min_steps", None)
+            if floor:
+                return f"{node}, >= {floor} steps"
+        return str(node)
 
 
 @dataclass(frozen=True)
@@ -199,28 +215,54 @@ TABLES: dict[str, Table] = {
         rows=(Row("Labelled baseline w/ PE", "scratch"),
               Row("Labelled baseline w/o PE", "scratch-nope"),
               Row("MoCo v3", None), Row("DINO", None), Row("BEiT", None), Row("CIM", None),
-              Row("MAE (150 ep)", "mae"),
-              Row("MAE (1600 ep)", None, status="paper only (a longer schedule)"),
-              Row("MP3 w/ PE", "mp3"), Row("MP3 w/o PE", "mp3-nope"),
-              Row("DropPos", "droppos"), Row("PART", "part")),
-        columns=(Column("acc", "imagenet", "acc1", "acc1"),),
-        note="Every measured row uses the preset's one pretraining and finetuning schedule, "
-             "finetuning with DeiT's supervised recipe (no layer-wise lr decay) for every row "
-             "(the paper quotes baselines at their own epochs, see results/paper/table6.csv). "
-             "w/o PE rows finetune without position embeddings; PART and MP3 always "
-             "pretrain without them.",
+              Row("MAE (150 ep)", "mae", preset_overrides={
+                  "paper": {"pretrain.epochs": 150, "finetune.epochs": 150}}),
+              # the longer schedule is its own run on the paper preset; on a preset with
+              # one schedule for every row it would repeat the row above
+              Row("MAE (1600 ep)", "mae", preset_overrides={
+                  "paper": {"pretrain.epochs": 1600, "finetune.epochs": 100}},
+                  presets=("paper",)),
+              Row("MP3 w/ PE", "mp3"),
+              Row("MP3 w/o PE", "mp3-nope", preset_overrides={"paper": {"pretrain.epochs": 100}}),
+              Row("DropPos", "droppos", preset_overrides={
+                  "paper": {"pretrain.epochs": 200, "finetune.epochs": 100}}),
+              Row("PART", "part")),
+        columns=(Column("PE", "imagenet", "finetune.pos_embed", "pos_embed", from_plan=True),
+                 Column("PT epochs", "imagenet", "pretrain.epochs", "pt_epochs", from_plan=True),
+                 Column("FT epochs", "imagenet", "finetune.epochs", "ft_epochs", from_plan=True),
+                 Column("acc", "imagenet", "acc1", "acc1")),
+        note="PE, PT and FT epochs (ours) are each row's resolved plan: position embeddings "
+             "at finetuning, pretraining and finetuning epochs. Every measured row finetunes "
+             "with DeiT's supervised recipe (no layer-wise lr decay); w/o PE rows finetune "
+             "without position embeddings. PART and MP3 pretrain without position embeddings "
+             "and finetune with learnable ones added, as the paper's Section 3 describes (its table "
+             "marks PART without: it pretrains without them).",
+        preset_notes={"paper": "Each row pretrains and finetunes for the epochs the paper "
+                               "states for it.",
+                      "tiny": "Tiny preset: one pretraining and finetuning schedule for every "
+                              "row; the paper's MAE (1600 ep) row is a paper-preset run only."},
     ),
     "table7": Table(
         title="Table 7: CIFAR-100 classification",
         rows=(Row("Labelled baseline w/ PE", "scratch"),
               Row("Labelled baseline w/o PE", "scratch-nope"),
               Row("MoCo v3", None),
-              Row("MAE", "mae"), Row("MP3 w/ PE", "mp3"), Row("MP3 w/o PE", "mp3-nope"),
+              Row("MAE", "mae", preset_overrides={"paper": {"pretrain.epochs": 2000}}),
+              Row("MP3 w/ PE", "mp3", preset_overrides={"paper": {"pretrain.epochs": 2000}}),
+              Row("MP3 w/o PE", "mp3-nope", preset_overrides={"paper": {"pretrain.epochs": 2000}}),
               Row("PART", "part")),
-        columns=(Column("acc", "cifar100", "acc1", "acc1"),),
-        note="Every measured row uses the preset's one pretraining and finetuning schedule; "
-             "finetuning is DeiT's supervised recipe (no layer-wise lr decay) for every row, "
-             "the labelled baselines included.",
+        columns=(Column("PE", "cifar100", "finetune.pos_embed", "pos_embed", from_plan=True),
+                 Column("PT epochs", "cifar100", "pretrain.epochs", "pt_epochs", from_plan=True),
+                 Column("FT epochs", "cifar100", "finetune.epochs", "", from_plan=True),
+                 Column("acc", "cifar100", "acc1", "acc1")),
+        note="PE, PT and FT epochs (ours) are each row's resolved plan. Every measured row "
+             "finetunes with DeiT's supervised recipe (no layer-wise lr decay), the labelled "
+             "baselines included; the paper gives 400 finetuning epochs for PART and no "
+             "finetuning epochs for the rows it borrows.",
+        preset_notes={"paper": "MAE and MP3 pretrain 2000 epochs and PART 1000, as the paper's "
+                               "rows (the paper's point: PART at 1000 against MP3 at 2000).",
+                      "tiny": "Tiny preset: one pretraining and finetuning schedule for every "
+                              "row."},
     ),
 }
 
@@ -275,64 +317,125 @@ def cell_stats(values: dict, reference: dict | None) -> dict:
     return out
 
 
+@dataclass
+class Cell:
+    """One (row, column) of a rendered table over its seeds."""
+    values: dict = field(default_factory=dict)   # seed -> measured value (current records)
+    warned: list = field(default_factory=list)   # "seed s: warning" lines
+    plans: list = field(default_factory=list)    # "s<seed>:<plan hash>" of the records shown
+    commits: list = field(default_factory=list)  # the code commit of each record shown
+    failed: int = 0                              # seeds whose record says "failed"
+    stale: int = 0                               # seeds whose record is of another plan
+    text: str | None = None                      # a from_plan column's value
+
+    @property
+    def status(self) -> str:
+        if self.text is not None or self.values:
+            return "ok" if not (self.stale or self.failed) else "partial"
+        return "stale" if self.stale else "failed" if self.failed else "missing"
+
+
+class CellPlans:
+    """The resolved plan, record path and plan hash of every (row, task, protocol, seed)
+    of a table, resolved once (resolving is the slow part of rendering)."""
+
+    def __init__(self, preset: str, runs_dir: Path, data_root=None):
+        self.preset, self.runs_dir, self.data_root = preset, runs_dir, data_root
+        self._plans: dict = {}
+
+    def get(self, row: Row, task: str, protocol: str | None, seed: int):
+        """(plan, record path, plan hash) of one cell run."""
+        from benchmarks.run import make_plan
+        from engine.plan import plan_to_dict, stable_hash
+        from engine.records import record_path
+
+        key = (row.label, task, protocol, seed)
+        if key not in self._plans:
+            plan = make_plan(row.method, task, preset=self.preset, seed=seed,
+                             data_root=self.data_root,
+                             row=cell_overrides(row, protocol, self.preset))
+            self._plans[key] = (plan, record_path(self.runs_dir, plan),
+                                stable_hash(plan_to_dict(plan)))
+        return self._plans[key]
+
+
+def record_state(path: Path, plan_hash: str) -> tuple[str, dict | None]:
+    """``("current" | "stale" | "failed" | "missing", record)`` of a cell's record file:
+    current when it finished ok under the plan today's code resolves for the cell (the
+    plan holds the method's code version); stale when it is of another plan, e.g. a
+    record written before a recipe or a method changed."""
+    import json
+
+    try:
+        rec = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return "missing", None
+    if rec.get("status", "ok") != "ok":
+        return "failed", rec
+    if rec.get("plan_hash") != plan_hash:
+        return "stale", rec
+    return "current", rec
+
+
 def fill(name: str, preset: str, seeds: int, run: bool, data_root=None, cache=None,
          out_root: Path | None = None, table: Table | None = None) -> Path:
+    """Run the cells of a table that have no current record (``run``), then render it.
+    A cell shows only records of the plan today's code resolves for it: with ``run``
+    False an out-of-date record renders as ``stale``, never as a number."""
     import pandas as pd
 
-    from benchmarks.run import cell_record_path, run_cell, run_failures
-    from engine.records import read_records, results_dir
+    from benchmarks.run import run_cell, run_failures
+    from engine.records import results_dir
 
     table = table or TABLES[name]
     if out_root is None:
         out_root = results_dir(preset, data_root)  # a user's data root's tables sit apart
     out_root = Path(out_root)
     runs_dir = out_root / "runs"
-    paths: dict = {}  # (row label, task, protocol, seed) -> record path (resolving plans is slow)
-
-    def record_path(row: Row, task: str, protocol: str | None, seed: int) -> Path:
-        key = (row.label, task, protocol, seed)
-        if key not in paths:
-            paths[key] = cell_record_path(row.method, task, preset=preset, seed=seed,
-                                          data_root=data_root, out=runs_dir,
-                                          row=cell_overrides(row, protocol, preset))
-        return paths[key]
+    plans = CellPlans(preset, runs_dir, data_root)
 
     for row, task, protocol, seed in cell_runs(table, seeds, preset):
-        overrides = cell_overrides(row, protocol, preset)
-        path = record_path(row, task, protocol, seed)
-        if (path.exists() and _ok(path)) or not run:
-            continue  # a failed cell is run again
-        print(f"[{name}] {row.label} / {task}{f' ({protocol})' if protocol else ''} / seed {seed}",
-              flush=True)
+        _, path, plan_hash = plans.get(row, task, protocol, seed)
+        state, _ = record_state(path, plan_hash)
+        if state == "current" or not run:
+            continue  # a failed or stale cell is run again
+        print(f"[{name}] {row.label} / {task}{f' ({protocol})' if protocol else ''} / seed {seed}"
+              + (" (its record is of an older plan)" if state == "stale" else ""), flush=True)
         try:
             run_cell(row.method, task, preset=preset, seed=seed, data_root=data_root, cache=cache,
-                     out=runs_dir, row=overrides)
+                     out=runs_dir, row=cell_overrides(row, protocol, preset))
         except run_failures() as exc:  # recorded as failed; the other cells still run
             print(f"[{name}] failed: {' '.join(str(exc).split())}", flush=True)
 
-    records = {Path(r["path"]).name: r for r in read_records(runs_dir)} if runs_dir.exists() else {}
     # read as text: the paper's numbers keep the precision they were printed with
     paper_csv = PAPER / f"{name}.csv"
     paper = pd.read_csv(paper_csv, dtype=str).set_index("row") if paper_csv.exists() else None
 
-    failed: dict = {}  # (row, column): failed runs (records with status "failed")
-
-    def cell(row: Row, col: Column) -> tuple[dict, list[str]]:
-        """{seed: value} and "seed s: warning" lines of one cell."""
-        values, warned = {}, []
+    def cell(row: Row, col: Column) -> Cell:
+        out = Cell()
         if row.method is None or not available(col.task):
-            return values, warned
+            return out
         protocol = col.protocol if col.overrides() else None
+        if col.from_plan:  # the plan's value: the same for every seed
+            out.text = col.plan_value(plans.get(row, col.task, protocol, 0)[0])
+            return out
         for seed in range(seeds):
-            rec = records.get(record_path(row, col.task, protocol, seed).name)
-            if rec is not None and rec.get("status", "ok") != "ok":  # no metrics: "failed"
-                failed[(row.label, col.label)] = failed.get((row.label, col.label), 0) + 1
-                rec = None
-            value = col.value(rec) if rec is not None else None
+            _, path, plan_hash = plans.get(row, col.task, protocol, seed)
+            state, rec = record_state(path, plan_hash)
+            if state == "failed":
+                out.failed += 1
+            elif state == "stale":
+                out.stale += 1
+            if state != "current":
+                continue
+            value = col.value(rec)
             if value is not None:
-                values[seed] = float(value)
-                warned += [f"seed {seed}: {w}" for w in col.warnings(rec)]
-        return values, warned
+                out.values[seed] = float(value)
+                out.warned += [f"seed {seed}: {w}" for w in col.warnings(rec)]
+                out.plans.append(f"s{seed}:{plan_hash}")
+                out.commits.append(((rec.get("git") or {}).get("commit") or "unknown")[:10]
+                                   + ("+dirty" if (rec.get("git") or {}).get("dirty") else ""))
+        return out
 
     rows = table.rows_for(preset)
     cells = {(row.label, col.label): cell(row, col) for row in rows for col in table.columns}
@@ -342,21 +445,28 @@ def fill(name: str, preset: str, seeds: int, run: bool, data_root=None, cache=No
         entry = {"row": row.label}
         paper_label = row.paper_label or row.label
         for col in table.columns:
-            values, warned = cells[(row.label, col.label)]
-            ref = (cells[(ref_row.label, col.label)][0]
-                   if ref_row is not None and row is not ref_row else None)
-            st = cell_stats(values, ref)
-            entry[f"{col.label} (ours)"] = st["mean"]
-            entry[f"{col.label} (ours, std)"] = st["std"]
-            entry[f"{col.label} (ours, n)"] = st["n"]
-            entry[f"{col.label} (ours, ci95)"] = st["ci95"]
-            if ref_row is not None:
-                entry[f"{col.label} (ours, diff to reference)"] = st["diff"]
-                entry[f"{col.label} (ours, diff ci low)"] = st["diff_low"]
-                entry[f"{col.label} (ours, diff ci high)"] = st["diff_high"]
-                entry[f"{col.label} (ours, significant)"] = st["significant"]
-            entry[f"{col.label} (ours, warnings)"] = " | ".join(warned)
-            entry[f"{col.label} (ours, failed)"] = failed.get((row.label, col.label), 0)
+            c = cells[(row.label, col.label)]
+            if col.from_plan:
+                entry[f"{col.label} (ours)"] = c.text
+            else:
+                ref = (cells[(ref_row.label, col.label)].values
+                       if ref_row is not None and row is not ref_row else None)
+                st = cell_stats(c.values, ref)
+                entry[f"{col.label} (ours)"] = st["mean"]
+                entry[f"{col.label} (ours, std)"] = st["std"]
+                entry[f"{col.label} (ours, n)"] = st["n"]
+                entry[f"{col.label} (ours, ci95)"] = st["ci95"]
+                if ref_row is not None:
+                    entry[f"{col.label} (ours, diff to reference)"] = st["diff"]
+                    entry[f"{col.label} (ours, diff ci low)"] = st["diff_low"]
+                    entry[f"{col.label} (ours, diff ci high)"] = st["diff_high"]
+                    entry[f"{col.label} (ours, significant)"] = st["significant"]
+                entry[f"{col.label} (ours, warnings)"] = " | ".join(c.warned)
+                entry[f"{col.label} (ours, failed)"] = c.failed
+                entry[f"{col.label} (ours, stale)"] = c.stale
+                entry[f"{col.label} (ours, status)"] = c.status
+                entry[f"{col.label} (ours, plan)"] = " ".join(c.plans)
+                entry[f"{col.label} (ours, commit)"] = " ".join(dict.fromkeys(c.commits))
             if col.paper:
                 has = paper is not None and paper_label in paper.index and col.paper in paper.columns
                 value = paper.loc[paper_label, col.paper] if has else None
@@ -367,21 +477,14 @@ def fill(name: str, preset: str, seeds: int, run: bool, data_root=None, cache=No
     df = pd.DataFrame(lines)
     out_root.mkdir(parents=True, exist_ok=True)
     csv_path = out_root / f"{name}.csv"
+    if csv_path.resolve().parent == PAPER.resolve():
+        raise RuntimeError(f"refusing to write {csv_path}: {PAPER} holds the paper's numbers")
     df.to_csv(csv_path, index=False)
     (out_root / f"{name}.md").write_text(render_markdown(table, df, preset, seeds))
     if table.plot == "pairs":
         plot_pairs(df, out_root / f"{name}.png", preset)
     print(render_markdown(table, df, preset, seeds))
     return csv_path
-
-
-def _ok(path: Path) -> bool:
-    import json
-
-    try:
-        return json.loads(path.read_text()).get("status", "ok") == "ok"
-    except (OSError, ValueError):
-        return False
 
 
 def dry_run_table(name: str, preset: str, seeds: int, data_root=None, cache=None,
@@ -438,13 +541,19 @@ def render_markdown(table: Table, df, preset: str, seeds: int) -> str:
     for _, r in df.iterrows():
         cells = [r["row"]]
         for col in table.columns:
-            if isinstance(r.get("status"), str):
-                cells.append(r["status"])
+            if isinstance(r.get("status"), str):  # a row of the paper's only
+                cells.append("—" if col.from_plan else r["status"])
+            elif col.from_plan:
+                v = r[f"{col.label} (ours)"]
+                cells.append("—" if isinstance(v, float) and math.isnan(v) else str(v))
             else:
                 text = _fmt(r[f"{col.label} (ours)"], _get(r, f"{col.label} (ours, std)"),
                             int(r[f"{col.label} (ours, n)"]), col.digits,
                             _get(r, f"{col.label} (ours, ci95)"))
                 n_failed = int(_get(r, f"{col.label} (ours, failed)", 0) or 0)
+                n_stale = int(_get(r, f"{col.label} (ours, stale)", 0) or 0)
+                if n_stale:  # a record of another plan is never shown as a number
+                    text = "stale" if text == "—" else f"{text} ({n_stale} stale)"
                 if n_failed:
                     text = "failed" if text == "—" else f"{text} ({n_failed} failed)"
                 if bool(_get(r, f"{col.label} (ours, significant)", False)):

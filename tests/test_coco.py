@@ -291,7 +291,7 @@ def test_table2_cells_come_from_recorded_runs(tmp_path):
     import pandas as pd
 
     df = pd.read_csv(csv).set_index("row")
-    paper = pd.read_csv("results/paper/table2.csv").set_index("row")
+    paper = pd.read_csv("paper_numbers/table2.csv").set_index("row")
     runs = sorted((tmp_path / "runs").glob("*.json"))
     assert [p.name for p in runs] == sorted(f"{r.method}__coco__seed0.json" for r in TABLES["table2"].rows)
     for path in runs:

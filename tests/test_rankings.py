@@ -15,8 +15,8 @@ from benchmarks.stats import format_mean_ci
 from benchmarks.tables import Column, Row, Table, fill
 from engine.errors import ConfigError
 from engine.plan import FinetunePlan, with_step_floor
-from engine.records import write_record
 from encoder_watch import state_hash, watch_probe_encoder
+from table_records import write_cell_record
 from tasks.protocols import (LinearProbePlan, accuracy_interval, accuracy_warning,
                              class_prior_loss, loss_warning, majority_rate)
 
@@ -213,9 +213,7 @@ def test_run_cell_records_protocols_apart(tmp_path, digits):
 # ------------------------------------------------------------------------ tables
 def _record(runs, method, seed, metrics, protocol=None, warnings=()):
     row = {"protocol.name": protocol} if protocol else {}
-    path = cell_record_path(method, "cifar100", preset="tiny", seed=seed, row=row, out=runs)
-    write_record({"method": method, "task": "cifar100", "seed": seed, "metrics": metrics,
-                  "warnings": list(warnings)}, path)
+    write_cell_record(runs, method, "cifar100", seed, metrics, row=row, warnings=warnings)
 
 
 TABLE = Table(
