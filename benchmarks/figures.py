@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     args = p.parse_args(argv)
 
-    from benchmarks.run import pretrained_method
+    from pipeline.cell import pretrained_method
     from engine.cli import run_command
     from engine.records import results_dir
 

@@ -13,6 +13,7 @@ step and of the whole.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -41,7 +42,10 @@ def main(argv=None) -> int:
                    help="these steps only (default: all, in this order: " + ", ".join(STEPS) + ")")
     p.add_argument("--cache", default=None)
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    p.add_argument("--verbose", action="store_true", help="mmengine's whole set-up output")
     args = p.parse_args(argv)
+    if args.verbose:
+        os.environ["PART_BENCH_VERBOSE"] = "1"  # read by engine.resume.SuiteRunner
     from engine.cli import run_command
 
     def body():

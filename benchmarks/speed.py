@@ -3,47 +3,29 @@
     python -m benchmarks.speed [--quick] [--device cpu|cuda] [--repeats 7] [--only SECTION ...]
     python -m benchmarks.speed --detector [--preset tiny]
 
-Sections (``--only``; all by default), each written as a Markdown table to
-``results/speed/<device>.md`` (``--out`` elsewhere, ``--no-write`` not at all):
+Sections (``--only``, names of :data:`SECTIONS`; by default all but ``runner``), each
+written as a Markdown table to ``results/speed/<device>.md`` (``--out`` elsewhere,
+``--no-write`` not at all):
 
-1. ``steps``: training step (forward + backward) of each method against a plain timm
-   ViT (grid patches, position embeddings, linear head, cross-entropy) on the same batch:
-   ViT-S/16 at 224 with batch 8 and 2048 pairs; ViT-B/16 with batch 2 and 4802 pairs.
-   The rows are interleaved (plain, method, method, plain, ...): each round's ratio is
-   the method's step over the plain step of the same round, and the table gives the
-   median ratio with its interquartile range, so load that comes and goes on a shared
-   machine hits both sides of a ratio alike. Two identical computations are checked to
-   read the same within 3%: the plain step against itself, and ``mp3`` against
-   ``mp3-nope`` (one pretraining). On a GPU the step's model FLOPs (torch's FLOP counter,
-   once per method) give the MFU against the device's bf16 peak.
-2. ``memory``: peak memory of one step of each method at the same batch, above what the
-   process held before the model was built (CPU: the resident set's high-water mark,
-   reset through ``/proc/self/clear_refs``; GPU: ``max_memory_allocated``).
+1. ``steps``: each method's training step against a plain timm ViT's on the same
+   batch, the median ratio of interleaved rounds with its interquartile range
+   (:func:`bench_steps`, :func:`interleaved`, :func:`ratio_summary`); MFU on a GPU;
+2. ``memory``: peak memory of one step of each method (:func:`bench_memory`);
 3. ``pairs``: PART's step against the plain step as the number of pairs grows
-   (512..8192) and at two image sizes; the cross-attention head is linear in pairs and
-   never forms a pairs x N x d tensor (its per-pair logits are pairs x N per head).
-4. ``data``: for every task of the tiny preset, the pretraining data pipeline's samples/s
-   (decode + augment + sampling through a DataLoader with the preset's workers; EEG
-   windows from the memory-mapped cache) beside the pretraining step's samples/s at the
-   preset's batch (PART), and which of the two bounds the run.
-5. ``extraction``: one batched patch-extraction call against a Python loop over patches.
-6. ``runner``: ``--runner-steps`` training iterations of each method through the suite's
-   own Runner (:func:`engine.runner.build_runner`: the optimizer wrapper of the
-   precision, pinned-memory loaders with ``--runner-workers`` workers, the hooks and their
-   log-interval reads of the device) on synthetic images held in host memory, at the
-   first setting's model, batch and pairs; images/s, seconds per iteration, peak memory
-   and MFU as the run records them (``engine.throughput``). Not in the default sections.
-6. ``--detector``: seconds per training iteration (data preprocessing, forward,
-   backward, AdamW step) of the preset's ViTDet Mask R-CNN at its batch size, on
-   batches of the embedded COCO-layout scenes through the training pipeline.
+   (:func:`bench_pairs`);
+4. ``data``: each tiny-preset task's pretraining data pipeline samples/s beside the
+   pretraining step's (:func:`bench_data`);
+5. ``extraction``: one batched patch-extraction call against a Python loop
+   (:func:`bench_extraction`);
+6. ``runner``: training iterations through the suite's own Runner (:func:`bench_runner`).
 
-``--precision`` (default ``auto``: bf16 on a GPU with native bfloat16, fp16 on an older
-one, fp32 on a CPU; :mod:`engine.precision`) is the autocast of every timed forward
-pass (sections 1-3 time forward + backward without an optimizer, so fp16 runs without
-loss scaling there) and the Runner's precision in section 6.
+``--detector`` times one training iteration of the preset's ViTDet Mask R-CNN
+(:func:`bench_detector`). ``--precision`` (default ``auto``, :mod:`engine.precision`) is
+the autocast of every timed forward pass and the Runner's precision; one the device
+cannot run exits with status 2. ``--quick`` uses tiny model sizes (seconds, a smoke
+test). The table's header gives the machine's load average before and after.
 
-``--quick`` uses tiny model sizes (seconds, a smoke test). The header of the table gives
-the machine's load average before and after: read ratios taken under load with care.
+Details: docs/reference/speed.md.
 """
 from __future__ import annotations
 
@@ -401,14 +383,14 @@ def bench_data(task: str, preset: str, device: str, method: str = "part", batche
     step (forward, backward, AdamW) at that batch, in samples/s."""
     from torch.utils.data import DataLoader
 
-    from benchmarks.run import default_cache, make_plan
-    from methods import build_method, method_entry
+    from pipeline.cell import default_cache, make_plan
+    from methods import build_method
     from tasks import build_task
 
     plan = make_plan(method, task, preset=preset)
     task_obj = build_task(plan, cache or default_cache())
     task_obj.prepare_data(lambda *_: None)
-    views = method_entry(plan.method.name).cls.pretrain_views(**plan.method.config)
+    views = plan.method.entry.cls.pretrain_views(**plan.method.config)
     dataset = task_obj.pretrain_dataset(views)
     batch, workers = plan.pretrain_batch(), plan.loader.num_workers
     loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
@@ -481,9 +463,9 @@ def bench_detector(preset: str, repeats: int, device: str, cache=None) -> tuple[
     """Median seconds per training iteration of the preset's COCO detector."""
     from mmengine.dataset import pseudo_collate
 
-    from benchmarks.run import default_cache, make_plan
+    from pipeline.cell import default_cache, make_plan
     from tasks import build_task
-    from tasks.data.coco import build_coco_dataset, train_pipeline
+    from tasks.data.coco_pipeline import build_coco_dataset, train_pipeline
     from tasks.detection_config import build_detector
 
     plan = make_plan("part", "coco", preset=preset)

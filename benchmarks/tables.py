@@ -23,6 +23,7 @@ marked ``⚠`` and its warnings are listed under the table.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -345,7 +346,7 @@ class CellPlans:
 
     def get(self, row: Row, task: str, protocol: str | None, seed: int):
         """(plan, record path, plan hash) of one cell run."""
-        from benchmarks.run import make_plan
+        from pipeline.cell import make_plan
         from engine.plan import plan_to_dict, stable_hash
         from engine.records import record_path
 
@@ -384,7 +385,7 @@ def fill(name: str, preset: str, seeds: int, run: bool, data_root=None, cache=No
     False an out-of-date record renders as ``stale``, never as a number."""
     import pandas as pd
 
-    from benchmarks.run import run_cell, run_failures
+    from pipeline.cell import run_cell, run_failures
     from engine.records import results_dir
 
     table = table or TABLES[name]
@@ -490,7 +491,7 @@ def fill(name: str, preset: str, seeds: int, run: bool, data_root=None, cache=No
 def dry_run_table(name: str, preset: str, seeds: int, data_root=None, cache=None,
                   world_size=None, table: Table | None = None) -> None:
     """Print the plan of every cell of a table (``make tableN DRY_RUN=1``)."""
-    from benchmarks.run import dry_run
+    from pipeline.describe import dry_run
     from engine.plan import format_plan
     from engine.records import results_dir
 
@@ -630,7 +631,10 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print every cell's plan, run nothing")
     p.add_argument("--world-size", type=int, default=None, help="with --dry-run")
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    p.add_argument("--verbose", action="store_true", help="mmengine's whole set-up output")
     args = p.parse_args(argv)
+    if args.verbose:
+        os.environ["PART_BENCH_VERBOSE"] = "1"  # read by engine.resume.SuiteRunner
     from engine.cli import run_command
 
     if args.table not in TABLES:

@@ -1,44 +1,26 @@
 """The optimizer's parameter groups: layer-wise lr decay and weight-decay exemptions.
 
 One mmengine optimizer-wrapper constructor, :class:`LayerDecayOptimWrapperConstructor`,
-builds the groups of every Runner in the suite. Its ``paramwise_cfg`` holds
-``layer_decay`` (1.0: none) and ``rule``, which says how parameters map to layers and
-which are exempt from weight decay. Both rules build their groups with timm's
-``param_groups_layer_decay`` (a group per layer and per decay / no decay, each with an
-``lr_scale`` = ``layer_decay ** (top layer - layer)``); each group's lr is the
-optimizer's lr times that scale, and mmengine's schedulers then scale every group
-alike.
+builds the groups of every Runner in the suite; :func:`engine.runner.build_runner`
+passes the rule (``param_rule``). Its ``paramwise_cfg`` holds ``layer_decay`` (1.0:
+none) and ``rule``, one of :data:`RULES` (another raises ValueError), which says how
+parameters map to layers and which are exempt from weight decay. Each group's lr is the
+optimizer's lr times ``layer_decay ** (top layer - layer)``; mmengine's schedulers then
+scale every group alike.
 
-``rule="mae"`` (pretraining, every method)
-    No layer decay; every 1-D parameter and every bias is exempt from weight decay and
-    everything else is decayed, the [CLS] and mask tokens included; frozen parameters
-    (MAE's and DropPos's fixed sin-cos tables) are left out. This is the rule of MAE's
-    and DropPos's pretraining (``main_pretrain.py`` of both: timm's
-    ``add_weight_decay(model, weight_decay)`` without a skip list); timm's
-    ``param_groups_weight_decay`` builds it here.
-``rule="timm"`` (the default: classification finetuning)
-    The groups timm gives the model's ``encoder`` (a timm ``VisionTransformer``):
-    layers from its ``group_matcher`` (patch and position embedding, [CLS]: layer 0;
-    block i: layer i + 1, the final norm with the last block; the head: the top layer,
-    depth + 1), and timm's exemptions:
-    every 1-D parameter (biases, norms) and the encoder's ``no_weight_decay()``
-    (``pos_embed``, ``cls_token``). Parameters outside the encoder (a method's heads
-    and decoders) get the top layer's lr and the same 1-D rule. With ``layer_decay``
-    1.0 this is DeiT's optimizer (timm's ``create_optimizer``).
+- ``rule="mae"`` (pretraining, every method): no layer decay; every 1-D parameter and
+  every bias exempt from weight decay, everything else decayed; frozen parameters are
+  left out;
+- ``rule="timm"`` (the default: classification finetuning): the groups timm gives the
+  model's ``encoder`` (layers from its ``group_matcher``; 1-D parameters and the
+  encoder's ``no_weight_decay()`` exempt); parameters outside the encoder get the top
+  layer's lr and the same 1-D rule;
+- ``rule="vitdet"`` (the detector): ViTDet's layer ids over the whole detector
+  (:data:`VITDET_LAYERS`: stem layer 0, block i layer i + 1, everything else the top
+  layer) and ViTDet's exemptions (:data:`VITDET_NO_DECAY`: only the transformer
+  blocks' norm layers and the absolute position embedding).
 
-``rule="vitdet"`` (the detector)
-    ViTDet's layer ids over the whole detector: ``backbone.patch_embed`` and
-    ``backbone.pos_embed`` are layer 0, ``backbone.blocks.<i>`` layer i + 1, and
-    everything else (pyramid, RPN and RoI heads) the top layer, depth + 1. ViTDet's
-    exemptions (:data:`VITDET_NO_DECAY`): only the transformer blocks' norm layers and
-    the absolute position embedding; biases, the relative position tables, the patch
-    embedding and the pyramid's and heads' norms are decayed. These are the rules of
-    MMDetection's ViTDet project constructor
-    (``projects/ViTDet/vitdet/layer_decay_optimizer_constructor.py``:
-    ``get_layer_id_for_vit`` and the ``backbone.blocks`` ... ``norm`` / ``pos_embed``
-    exemptions), for a backbone with our (timm's) parameter names.
-
-:func:`engine.runner.build_runner` passes the rule (``param_rule``).
+Details: docs/reference/optim.md.
 """
 from __future__ import annotations
 

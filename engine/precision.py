@@ -1,36 +1,23 @@
 """Numeric precision of a training step, resolved where the device is known.
 
-The plan holds what the user asked for (``loader.precision``: ``auto``, ``bf16``,
-``fp16`` or ``fp32``); :func:`engine.runner.build_runner` resolves it against the
-device the process trains on (:class:`DeviceCaps`) and picks the optimizer wrapper:
+The plan holds what the user asked for (``loader.precision``, one of
+:data:`PRECISIONS`: ``auto``, ``bf16``, ``fp16`` or ``fp32``);
+:func:`engine.runner.build_runner` resolves it against the device the process trains on
+(:class:`DeviceCaps`, :func:`resolve_precision`) and picks the optimizer wrapper
+(:func:`optim_wrapper_type`):
 
-=========  ==========================================  ===================================
-resolved   wrapper                                     what a step does
-=========  ==========================================  ===================================
-``bf16``   :class:`BF16OptimWrapper` (ours)            forward under ``torch.autocast`` in
-                                                       bfloat16; fp32 weights, gradients,
-                                                       optimizer; no loss scaling
-``fp16``   mmengine's ``AmpOptimWrapper``,             forward under autocast in float16;
-           ``dtype="float16"``, dynamic loss scale     the loss scaled by torch's GradScaler
-``fp32``   mmengine's ``OptimWrapper``                 plain fp32
-=========  ==========================================  ===================================
+- ``bf16``: :class:`BF16OptimWrapper` (ours): forward under ``torch.autocast`` in
+  bfloat16; fp32 weights, gradients, optimizer; no loss scaling;
+- ``fp16``: mmengine's ``AmpOptimWrapper``, ``dtype="float16"``, dynamic loss scale;
+- ``fp32``: mmengine's ``OptimWrapper``, plain fp32.
 
-``auto`` is ``bf16`` on a GPU whose compute capability is 8.0 or above (Ampere and
-later: ``torch.cuda.is_bf16_supported(including_emulation=False)``), ``fp16`` on an
+``auto`` is ``bf16`` on a GPU whose compute capability is 8.0 or above, ``fp16`` on an
 older GPU and ``fp32`` on a CPU. An explicit ``bf16`` on a GPU without native bfloat16,
-or ``fp16`` without a GPU, stops the run with one line. ``bf16`` on a CPU is allowed (CPU
-autocast takes bfloat16; it is how the tests run a bf16 step without a GPU).
+or ``fp16`` without a GPU, stops the run with one line
+(:class:`engine.errors.ConfigError`). ``bf16`` on a CPU is allowed. Evaluation (the
+Runner's test loop) stays in fp32.
 
-Why our own bf16 wrapper rather than mmengine's ``AmpOptimWrapper(dtype="bfloat16")``
-(mmengine 0.10.7's source): that wrapper asserts a GPU (or NPU/MLU/MUSA) at construction,
-so it cannot run on a CPU, and it always builds a ``GradScaler``, whose ``step`` reads
-``found_inf`` with ``.item()`` every iteration (torch's ``amp/grad_scaler.py``,
-``_maybe_opt_step``): a host-device synchronisation per step that bfloat16, with fp32's
-exponent range, has no use for. fp16 keeps the scaler and so that synchronisation.
-
-Evaluation (the Runner's test loop) stays in fp32: mmengine's ``TestLoop`` autocasts
-only to the device's default autocast dtype (float16 on CUDA) when its ``fp16`` flag is
-on, and the suite leaves it off (our choice: metrics are computed exactly).
+Details: docs/reference/precision.md.
 """
 from __future__ import annotations
 

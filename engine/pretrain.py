@@ -71,11 +71,9 @@ def pretrain_identity(plan, data_id: dict) -> dict:
     left out, so ``mp3`` and ``mp3-nope`` share a checkpoint."""
     from dataclasses import asdict
 
-    from methods import method_entry
-
     schedule = asdict(plan.pretrain)
     schedule.pop("grad_accum", None)
-    return dict(method=plan.method.cls, version=method_entry(plan.method.name).cls.version,
+    return dict(method=plan.method.cls, version=plan.method.version,
                 method_cfg=plan.method.config, param_rule=PRETRAIN_PARAM_RULE,
                 worker_seeding=WORKER_SEEDING,
                 encoder=asdict(plan.encoder), pretrain=schedule, data=data_id, seed=plan.seed)

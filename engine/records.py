@@ -41,7 +41,7 @@ def versions() -> dict:
 @functools.lru_cache(maxsize=1)
 def git_commit() -> dict:
     """The commit (and uncommitted diff) of the code this process runs: read once, at the
-    first call, which :func:`benchmarks.run.run_cell` makes as its first cell starts. A
+    first call, which :func:`pipeline.cell.run_cell` makes as its first cell starts. A
     table's later cells, finished after someone committed or edited the tree, still name
     the code that was loaded (reading the tree at each record's writing named the tree
     of that moment). Callers must not mutate the dict."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import random
 import signal
@@ -42,7 +43,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS, LOOPS
 from mmengine.runner import EpochBasedTrainLoop, Runner
 
-from .atomic import atomic_write, atomic_write_json
+from .atomic import atomic_path, atomic_write, atomic_write_json
 from .hostsync import DeferredReads, sync_iteration, world_size
 
 __all__ = ["SuiteRunner", "ResumableEpochBasedTrainLoop", "ResumeStateHook", "PreemptionHook",
@@ -115,27 +116,47 @@ def read_resumes(work_dir) -> list[dict]:
         return []
 
 
+#: the starts of mmengine's set-up lines a run does not print unless verbose
+#: (``PART_BENCH_VERBOSE=1``, ``--verbose``): its environment block, its hook table,
+#: the SyncBN note, its config dump, and the deprecation notice its CheckpointHook
+#: triggers on every start (it builds a FileClient it does not use)
+SETUP_NOISE = ("\n" + "-" * 60 + "\nSystem environment:", "Hooks will be executed in the following order",
+               "Distributed training is not used, all SyncBatchNorm", "Config:\n",
+               '"FileClient" will be deprecated')
+
+
+class QuietSetup(logging.Filter):
+    """Drops mmengine's set-up lines (:data:`SETUP_NOISE`); training lines pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(SETUP_NOISE)
+
+
+def verbose() -> bool:
+    return os.environ.get("PART_BENCH_VERBOSE", "") not in ("", "0")
+
+
 class SuiteRunner(Runner):
     """mmengine's Runner with atomic checkpoint writes, a validated resume, the device
-    reads its hooks deferred done before a checkpoint is written, and ``torch.compile``
-    applied to the model's forward only (:meth:`_maybe_compile`)."""
+    reads its hooks deferred done before a checkpoint is written, ``torch.compile``
+    applied to the model's forward only (:meth:`_maybe_compile`), and its set-up lines
+    left out of the log unless verbose (:class:`QuietSetup`)."""
+
+    def build_logger(self, *args, **kwargs):
+        logger = super().build_logger(*args, **kwargs)
+        if not verbose() and not any(isinstance(f, QuietSetup) for f in logger.filters):
+            logger.addFilter(QuietSetup())
+        return logger
 
     @master_only
     def save_checkpoint(self, out_dir, filename, *args, **kwargs):
         for hook in self.hooks:  # a non-finite loss not yet read stops the save here
             if isinstance(hook, DeferredReads):
                 hook.flush(self)
-        tmp = Path(out_dir) / f".{filename}.tmp"
-        try:
+        with atomic_path(Path(out_dir) / filename) as tmp:  # mmengine writes it by name
             super().save_checkpoint(out_dir, tmp.name, *args, **kwargs)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
-            os.replace(tmp, Path(out_dir) / filename)
-        except OSError as exc:  # e.g. a full disk: name the checkpoint, not the temporary file
-            exc.filename = str(Path(out_dir) / filename)
-            raise
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def _maybe_compile(self, target: str) -> None:
         """``cfg.compile`` (True or ``torch.compile`` options): mmengine 0.10.7 compiles the
@@ -159,7 +180,7 @@ class SuiteRunner(Runner):
             return None
         if self._resume and self._load_from is None:
             if is_main_process():  # what a killed checkpoint write left behind
-                for tmp in Path(self.work_dir).glob(".*.pth.tmp"):
+                for tmp in Path(self.work_dir).glob(".*.pth.*.tmp"):
                     self.logger.info(f"[resume] removing the unfinished write {tmp}")
                     tmp.unlink(missing_ok=True)
             ckpt = pick_resume_checkpoint(Path(self.work_dir), log=self.logger.info)

@@ -1,100 +1,31 @@
 """DropPos: reconstruct dropped positions (the public DropPos recipe, as a baseline).
 
-Per image and iteration:
+Per image and iteration (:meth:`DropPos.forward`, returning ``loss`` and ``pos_acc``):
 
 1. MAE-style patch masking: keep ``K = N - round(mask_ratio * N)`` random grid patches
    (:func:`methods.layers.random_masking`);
-2. position dropping: among the K visible tokens, ``round(pos_mask_ratio * K)`` random
-   ones get a learnable ``mask_pos_token`` (1, 1, d) instead of their position
-   embedding; the others, and [CLS], keep theirs;
-3. the encoder sees [CLS] + the K visible tokens; a decoder *without* position
-   embedding (``Linear(d -> decoder_dim)``, blocks, LayerNorm,
-   ``Linear(decoder_dim -> N)``) turns every visible token into logits over the N grid
-   positions;
-4. loss: soft-label cross-entropy on the visible tokens whose position was dropped
-   ONLY (:func:`position_loss`), optionally weighted per token (attentive
-   reconstruction).
+2. ``round(pos_mask_ratio * K)`` of them (:func:`drop_positions`) get a learnable
+   ``mask_pos_token`` instead of their fixed sin-cos position embedding;
+3. a decoder without position embedding gives every visible token logits over the N
+   grid positions (:meth:`DropPos.predict`);
+4. loss: soft-label cross-entropy on the dropped-position tokens only
+   (:func:`position_loss`), optionally weighted by :func:`attentive_weights`
+   (``attentive_source`` one of :data:`ATTENTIVE_SOURCES`).
 
-Position embeddings are the encoder's ``pos_embed`` set to fixed sin-cos values with
-a zero [CLS] entry, as in :mod:`methods.mae` (:mod:`methods.layers.sincos`).
-
-Position smoothing (``position_smoothing=True``): the label of a token at grid cell
-``i`` is ``w_ij = exp(-dist(i, j)^2 / sigma^2)`` over all cells j, with ``dist`` the
-Euclidean distance between cells of the encoder's own grid in grid-cell units
-(``|i - j|`` in 1D), each row normalised to sum to exactly 1
-(:func:`smoothed_position_labels`). At sigma 0 the labels are exactly one-hot (no NaN:
-sigma^2 is clamped to a tiny positive value, which leaves only the diagonal).
-
-- ``sigma_start=1.0`` grid cell is the public value: ``--label_smoothing_sigma 1
-  --sigma_decay`` in the public ``scripts/pretrain_base.sh`` and ``PRETRAIN.md``
-  (``main_pretrain.py`` defaults to 0, no smoothing; the released recipe sets 1).
-- Decay: the public ``engine_pretrain.py`` (``train_one_epoch``) sets
-  ``sigma = (1 - epoch / epochs) * sigma_start`` once at the start of every epoch and
-  keeps it for the whole epoch, so it falls in steps from ``sigma_start`` (epoch 0) to
-  ``sigma_start / epochs`` (last epoch) and never reaches 0. Ours decays linearly per
-  iteration: the training loop calls :meth:`DropPos.on_train_progress` before every
-  step with the fraction of training done (0 at the first step, 1.0 at the last; kept
-  in the ``progress`` buffer) and ``sigma = sigma_start * (1 - progress)``, reaching 0
-  at the last step. Ours is never above the public value at the same step and at most
-  ``sigma_start / epochs`` below it (a lag of at most one epoch); negligible at the
-  public 800 epochs, visible in runs of a few epochs (our choice: the method does not
-  know the epoch length).
-- The public smoothing map is wrong at 224 / 16, and we do not copy it. Its
-  ``engine_pretrain.py`` builds the map with ``_get_label_smoothing_map(num_patches,
-  sigma)`` where ``num_patches = (input_size // token_size) ** 2``; the released
-  recipe passes ``--token_size 14`` (patches per side, as ``main_pretrain.py``'s help
-  and ``mask_transform.py`` read it), so this is ``(224 // 14) ** 2 = 256``: a 256 x 256
-  map over a 16 x 16 grid, cell i at ``(i // 16, i % 16)``.
-  ``models_DropPos_mae.py`` (``forward_drop_pos_loss``) then gathers row ``ids_keep``
-  (indices of the 14 x 14 grid, 0..195) and the first L = 196 columns. The peak stays
-  on the right cell, but the smoothing mass goes to the wrong cells: the "vertical"
-  neighbours of cell i are read as ``i +- 16`` (on the 14-wide grid: one row down and
-  two columns right, or one row up and two left) instead of ``i +- 14``, cells at the
-  end of a row are neighbours of the next row's start (e.g. (0, 13) and (1, 0)), and the
-  mass in columns 196..255 is cut off. The map is also not row-normalised:
-  ``weight / weight.sum(-1)`` divides column j by row j's sum (broadcasting), so after
-  the cut the rows sum to between about 0.66 and 1.11 at sigma 1. We build the map on
-  the encoder's actual grid (``patch_embed.grid_size``) and normalise every row to 1,
-  i.e. the paper's description.
-
-Attentive reconstruction (``attentive_reconstruction=True``), as the public code
-(``models_DropPos_mae.py``, flag ``--attn_guide``): ``get_feature_similarity`` runs a
-separate forward pass under ``torch.no_grad()`` over the full, unmasked image: every
-one of the N patches with its own sin-cos position embedding (no position dropped, no
-``mask_pos_token``), [CLS] with its (zero) entry, all blocks and the final norm; the
-score of patch j is ``softmax_j(cos(CLS_out, patch_out_j) / 0.1)`` over all N patches.
-``forward_encoder`` gathers the scores of the K visible tokens (``ids_keep``) and
-renormalises them to sum 1 per image, which equals a softmax over the K visible tokens
-of the same cosines (what :func:`attentive_weights` computes). ``forward_drop_pos_loss``
-multiplies the dropped-position mask by them: ``loss = sum(w * ce) / sum(w)`` over the
-dropped tokens of the batch (per GPU there, per process here; :func:`position_loss`),
-so an image whose dropped tokens hold more of its visible weight counts more. No
-gradient flows through the weights. ``attentive_source`` picks the features:
-
-- ``"full_image"`` (default, the public code): the separate full-image pass above
-  (:meth:`DropPos.full_image_features`), one extra forward over all N patches per step.
-  It runs the encoder in its current mode, as the public code does (its blocks are
-  timm ``Block``s with the default ``drop=0``, ``drop_path=0``; our pretraining builds
-  the encoder without drop path too, so the pass is deterministic);
-- ``"masked"`` (our variant): the masked training pass's own outputs ([CLS] and the K
-  visible tokens, with their dropped positions), detached; no extra pass. Same softmax
-  over the visible tokens and the same loss normalisation, so the switch changes only
-  the features. (Version 1 of this class used these features with a softmax over the
-  dropped tokens only and a per-image mean of 1; that normalisation is gone.)
-
-Initialisation, as the public code (``models_DropPos_mae.py``: ``initialize_weights``
-and ``_init_weights``, the same as MAE's): the encoder by
-:func:`methods.layers.init.init_vit_encoder_like_mae`, the decoder's linear layers and
-LayerNorms by the same rule, ``mask_pos_token`` normal(0.02).
-
-Reported ``pos_acc`` is the plain accuracy over dropped tokens (the public ``acc1`` is
-weighted like the loss; our choice, it is only a metric).
+Labels (:func:`smoothed_position_labels` over :func:`grid_coordinates`) are Gaussian
+over the encoder's own grid, each row summing to 1, one-hot at sigma 0. Sigma falls
+linearly from ``sigma_start`` to 0: the training loop must call
+:meth:`DropPos.on_train_progress` with the fraction of training done before every step.
+Invalid ``mask_ratio``, ``pos_mask_ratio``, ``sigma_start``, ``attentive_source`` or
+``attn_temperature`` raise ValueError.
 
 Config: ``mask_ratio=0.75``, ``pos_mask_ratio=0.75``, ``decoder_dim=512``,
 ``decoder_depth=2``, ``decoder_heads=16``, ``decoder_mlp_ratio=4.0``,
 ``position_smoothing=True``, ``sigma_start=1.0``, ``attentive_reconstruction=True``,
 ``attentive_source="full_image"``, ``attn_temperature=0.1``. Works in 2D and in 1D
 (``encoder.modality='1d'``).
+
+Details: docs/reference/baselines.md.
 """
 from __future__ import annotations
 

@@ -1,41 +1,25 @@
 """MAE: masked autoencoding of pixels (the public MAE recipe, as a baseline).
 
 Per image and iteration: cut the image into the ViT's grid patches, keep a random
-``N - round(mask_ratio * N)`` of them (per-sample argsort of uniform noise, so exactly
-``round(mask_ratio * N)`` are masked), encode [CLS] + the visible tokens with their
-position embeddings, and let a light decoder reconstruct the pixels of every patch
-from the encoded visible tokens plus one shared mask token per hidden patch. The loss
-is the mean squared error over the *masked* patches only.
+``N - round(mask_ratio * N)`` of them, encode [CLS] + the visible tokens with their
+position embeddings (:meth:`MAE.forward_encoder`), and let a light decoder reconstruct
+the pixels of every patch from the encoded visible tokens plus one shared mask token
+per hidden patch (:meth:`MAE.forward_decoder`). The loss is the mean squared error
+over the *masked* patches only (:func:`masked_mse`); :meth:`MAE.forward` returns
+``loss``, :meth:`MAE.reconstruct` gives ``(pred, target, mask)`` over all N patches.
+A ``mask_ratio`` outside [0, 1), or one that leaves no visible patch, raises ValueError.
 
 Position embeddings are the encoder's own ``pos_embed`` set to FIXED sin-cos values
 (2D for images, 1D for signals) with a zero [CLS] entry and ``requires_grad=False``,
 as in the public MAE. ``encoder_state_dict()`` therefore carries ``pos_embed``, and
 finetuning starts its learnable position embedding from these values.
-
-Choices made here (documented, since they fix the numbers):
-
-- Sin-cos layout: timm's 2D table (:mod:`methods.layers.sincos`, which says how it
-  differs from the public MAE's channel order); in 1D the whole width encodes the
-  window index.
-- Reconstruction target: the pixels of each grid patch flattened C-major
-  (channel, then row, then column; in 1D channel, then time), which is the order of
-  ``patches.flatten(2)`` for :func:`~methods.sampling.extract_patches` /
-  :func:`~methods.sampling.extract_windows` on grid boxes and the order of the patch
-  projection's flattened kernel. :func:`patchify` computes it with a reshape (exact,
-  no resampling).
-- ``norm_pix_loss``: each patch's target is ``(x - mean) / sqrt(var + 1e-6)`` with the
-  mean and the (unbiased, as in the public code) variance over that patch's values.
-- In 1D a signal's length beyond ``num_windows * patch_size`` is ignored, as by the
-  patch projection.
-
-Initialisation, as the public code (``models_mae.py``: ``initialize_weights`` and
-``_init_weights``): the encoder by :func:`methods.layers.init.init_vit_encoder_like_mae`
-(patch projection xavier-uniform on its flattened linear view, ``cls_token``
-normal(0.02), every linear layer xavier-uniform with zero bias, LayerNorms 1 / 0), the
-decoder's linear layers and LayerNorms the same way, ``mask_token`` normal(0.02).
+Targets (:meth:`MAE.targets`) are each grid patch's pixels flattened C-major,
+normalised per patch when ``norm_pix_loss``.
 
 Config: ``mask_ratio=0.75``, ``decoder_dim=512``, ``decoder_depth=8``,
 ``decoder_heads=16``, ``decoder_mlp_ratio=4.0``, ``norm_pix_loss=True``.
+
+Details: docs/reference/baselines.md.
 """
 from __future__ import annotations
 

@@ -1,40 +1,24 @@
 """MP3: masked patch position prediction (the paper's grid baseline, Tables 2, 3, 6, 7).
 
-Per image and iteration:
+Per image and iteration (:meth:`MP3.forward`, returning ``loss`` and ``pos_acc``):
 
 1. cut the image (or signal) into the ViT's own grid of N patches and embed them with
    the patch projection, *without* position embeddings;
 2. shuffle the token order (one random permutation per sample);
 3. draw a random subset of ``round((1 - mask_ratio) * N)`` tokens per sample that
    serve as keys/values in the attention of *every* encoder block, while every token
-   is a query (the [CLS] token is always a key);
+   is a query (the [CLS] token is always a key): :func:`sample_key_mask`, turned into
+   the encoder's bool ``attn_mask`` by :func:`key_attention_mask`;
 4. a linear head on each patch token's output classifies that token's own grid index
    among N (cross-entropy over N classes, averaged over all tokens).
 
+``mask_ratio`` (eta, default 0.75) must be in [0, 1), else ValueError.
 Finetuning adds position embeddings by default ("MP3 w/ PE"); Table 6/7's "MP3 w/o
 PE" is the registered variant ``mp3-nope``, whose finetuning option ``pos_embed=False``
 lives in the registry: pretraining is identical for both and shared.
+:meth:`MP3.pretext_outputs` masks keys as in training.
 
-The key masking is built from ``forward_tokens``' ``attn_mask``: a bool
-``(B, 1, 1+N, 1+N)`` tensor, True = the query may attend to that key. timm's
-``Attention`` hands it to ``F.scaled_dot_product_attention`` (where a bool True
-means "takes part in attention"), or, on its non-fused path, turns False into
-``-inf`` before the softmax: the same semantics on both paths. Every query row has at
-least the [CLS] key, so no row is fully masked.
-
-Choices the paper (and the reference notes) leave open, documented here:
-
-- ``mask_ratio`` (eta, the fraction of tokens that are *not* keys/values) defaults to
-  0.75 as an assumption: the PART paper gives no value for its MP3 runs;
-- the same key subset is used in every block of one forward pass;
-- shuffling: without position embeddings the encoder is permutation-equivariant over
-  the patch tokens, so shuffling changes nothing for the transformer; it is done anyway
-  so that no head or later change can read positions off the token index;
-- the head is a single ``Linear(d, N)`` on the encoder's output tokens, which already
-  pass through the encoder's final LayerNorm (no extra norm); the [CLS] output is not
-  used by the loss;
-- held-out pretext evaluation (:meth:`MP3.pretext_outputs`) uses the same key masking
-  as training, so its accuracy is the training task's accuracy.
+Details: docs/reference/baselines.md.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The one interface every downstream task implements.
 
 A task is built from its resolved run plan (:class:`engine.plan.RunPlan`) and the cache
-folder. Its life, in the order :func:`benchmarks.run.run_cell` calls it:
+folder. Its life, in the order :func:`pipeline.cell.run_cell` calls it:
 
 1. :meth:`Task.prepare_data`: the explicit step that generates the preset's embedded
    data (once, into the cache) where the plan has no real root. Nothing else writes
@@ -44,6 +44,13 @@ class RunnerSamples(tud.Dataset):
     def __getitem__(self, i):
         x, y = self.base[i]
         return {"inputs": x, "data_samples": y}
+
+    @property
+    def metainfo(self) -> dict:
+        """What mmengine's loops hand the visualizer and evaluator: the class names
+        where the data set has them."""
+        classes = getattr(self.base, "classes", None)
+        return {"classes": tuple(classes)} if classes is not None else {}
 
 
 class Task:

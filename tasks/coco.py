@@ -28,15 +28,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.errors import DataError
-from engine.plan import (DataPlan, DetectionFinetunePlan, DetectorPlan, EncoderPlan, LoaderPlan,
-                         PretrainPlan)
+from engine.plan import DataPlan, EncoderPlan, LoaderPlan, PretrainPlan
 
 from .base import Task
 from .checkpoint import load_encoder_into_backbone
-from .data.coco import (build_coco_dataset, check_coco_annotations, check_coco_root, coco_classes,
-                        count_annotated_images, eval_pipeline, train_pipeline)
+from .data.coco import check_coco_annotations, check_coco_root, coco_classes, count_annotated_images
+from .data.coco_pipeline import build_coco_dataset, eval_pipeline, train_pipeline
 from .data.sources import data_source
-from .detection_config import build_detector
+from .detection_config import DetectionFinetunePlan, DetectorPlan, build_detector
 
 __all__ = ["CocoTask", "summarise_metrics", "build_metric", "build_evaluators", "evaluate_predictions"]
 
@@ -64,7 +63,7 @@ def summarise_metrics(raw: dict) -> dict:
 
 def build_metric(ann_file: Path, classes=None):
     """MMDetection's ``CocoMetric`` (bbox and segm) on ``ann_file``, with its categories."""
-    from .vitdet import mmdet_scope
+    from .detection_registry import mmdet_scope
 
     mmdet_scope()
     from mmdet.evaluation import CocoMetric
@@ -77,8 +76,8 @@ def build_metric(ann_file: Path, classes=None):
 
 def build_evaluators(ann_file: Path, classes=None) -> list:
     """What the task's test loop runs: CocoMetric, and the count of predicted boxes the
-    detector's test path dropped (:class:`tasks.vitdet.DroppedBoxesMetric`)."""
-    from .vitdet import DroppedBoxesMetric
+    detector's test path dropped (:class:`tasks.detection_guards.DroppedBoxesMetric`)."""
+    from .detection_guards import DroppedBoxesMetric
 
     return [build_metric(ann_file, classes), DroppedBoxesMetric()]
 
@@ -138,7 +137,7 @@ class CocoTask(Task):
     def run(self, *, pretrained, work_dir, log=print):
         from engine.runner import build_runner
 
-        from .vitdet import mmdet_scope
+        from .detection_registry import mmdet_scope
 
         plan, ft = self.plan, self.plan.finetune
         det = plan.detector

@@ -10,19 +10,98 @@ weight initialised once.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 from mmengine.config import ConfigDict
 from mmengine.logging import MMLogger
 
+from engine.plan import _Schedule
 from methods.backbone import ENCODER_ARCHS
 
-__all__ = ["build_detector_cfg", "build_detector"]
+__all__ = ["DetectionFinetunePlan", "DetectorPlan", "build_detector_cfg", "build_detector"]
+
+
+# ------------------------------------------------------------------------ plan sections
+# the detection task's own sections of the run plan (``finetune`` and ``detector``)
+@dataclass(frozen=True)
+class DetectionFinetunePlan(_Schedule):
+    """ViTDet's Mask R-CNN recipe (MMDetection's ViTDet project config): AdamW lr 1e-4
+    at batch 64, betas (0.9, 0.999), wd 0.1, layer decay 0.7, large-scale jitter 0.1-2.0
+    with pad 114; the step drops and warmup are fractions of training (its 100-epoch
+    schedule: warmup 250, drops at 163889 and 177546 of 184375 iterations)."""
+    epochs: int = 12
+    global_batch_size: int = 64
+    base_lr: float = 1e-4
+    lr_reference_batch: int | None = 64
+    weight_decay: float = 0.1
+    betas: tuple = (0.9, 0.999)
+    layer_decay: float | None = 0.7
+    warmup_epochs: float = 12 * 250 / 184375
+    lr_steps: tuple = (163889 / 184375, 177546 / 184375)
+    resize_ratio: tuple = (0.1, 2.0)
+    hflip: float = 0.5
+    pad_val: int = 114
+    min_size: int = 32
+    test_batch_size: int = 1
+    grad_clip: float | None = None
+    pos_embed: bool = True
+    grad_accum: int = 1
+    recipe: str = "vitdet"
+
+
+@dataclass(frozen=True)
+class RpnTrainPlan:
+    num: int = 256
+    nms_pre: int = 2000
+    max_per_img: int = 1000
+
+
+@dataclass(frozen=True)
+class RcnnTrainPlan:
+    num: int = 512
+
+
+@dataclass(frozen=True)
+class RpnTestPlan:
+    nms_pre: int = 1000
+    max_per_img: int = 1000
+
+
+@dataclass(frozen=True)
+class RcnnTestPlan:
+    score_thr: float = 0.05
+    max_per_img: int = 100
+
+
+@dataclass(frozen=True)
+class DetectorPlan:
+    """Mask R-CNN with the ViTDet backbone; defaults are ViTDet's ViT-B at 1024 px."""
+    img_size: int = 1024
+    window_size: int = 14
+    global_blocks: tuple = (2, 5, 8, 11)
+    drop_path: float = 0.1
+    use_rel_pos: bool = True
+    neck_channels: int = 256
+    fc_channels: int = 1024
+    bbox_convs: int = 4
+    bbox_fcs: int = 1
+    mask_convs: int = 4
+    anchor_scale: int = 8
+    scale_factors: tuple = (4.0, 2.0, 1.0, 0.5)
+    roi_sampling_ratio: int = 0  # 0: adaptive, as ViTDet
+    rpn_train: RpnTrainPlan = field(default_factory=RpnTrainPlan)
+    rcnn_train: RcnnTrainPlan = field(default_factory=RcnnTrainPlan)
+    rpn_test: RpnTestPlan = field(default_factory=RpnTestPlan)
+    rcnn_test: RcnnTestPlan = field(default_factory=RcnnTestPlan)
+
+
+# ------------------------------------------------------------------------ the model
 
 
 def build_detector_cfg(det, encoder, num_classes: int, pos_embed: bool = True) -> dict:
     """MMDetection's Mask R-CNN config with the ViTDet backbone.
 
-    ``det`` is the plan's :class:`engine.plan.DetectorPlan`, ``encoder`` its
+    ``det`` is the plan's :class:`DetectorPlan`, ``encoder`` its
     :class:`engine.plan.EncoderPlan` (the pretraining encoder: arch, img_size =
     pretraining size, patch_size).
     """
@@ -108,7 +187,8 @@ def _embed_dim(encoder) -> int:
 def build_detector(det, encoder, num_classes: int, pos_embed: bool = True):
     """The detector with every weight initialised once, here: the Runner's later
     ``init_weights()`` sees ``is_init`` and leaves loaded weights alone."""
-    from .vitdet import mmdet_scope
+    from . import detection_guards, vitdet  # noqa: F401  (register the suite's modules)
+    from .detection_registry import mmdet_scope
 
     mmdet_scope()
     from mmdet.registry import MODELS

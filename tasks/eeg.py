@@ -12,43 +12,30 @@ embeddings masked per window (:class:`tasks.classifier.ClassifierModel`); the te
 subjects are held out from both. Metric: Cohen's kappa over all test windows
 (scikit-learn), with accuracy and macro-F1 beside it.
 
-Split (:func:`tasks.data.physionet2018.split_subjects`): counts from the plan's ``eeg``
-section (paper: 1,653 / 10 / 200 subjects), by subject, deterministic by
-``eeg.split_seed`` (fixed across run seeds, so seeds measure training variance on one
-split: our choice). On a root with fewer subjects, ``eeg.scale_down`` (tiny preset)
-scales the counts down and logs them; otherwise the run stops naming the counts.
+:class:`EEGTask` splits by subject (:func:`tasks.data.physionet2018.split_subjects`;
+counts and ``split_seed`` from the plan's ``eeg`` section, :class:`EEGPlan`); on a root
+with too few subjects the run stops naming the counts, unless ``eeg.scale_down``.
+:meth:`EEGTask.prepare_data` caches the preprocessed windows under
+``<cache>/physionet2018/``: a second run never filters again. ``--protocol``
+``finetune``, ``knn`` or ``linear`` (:class:`tasks.frozen.FrozenProtocols`); the frozen
+protocols report Cohen's kappa and accuracy (``knn_kappa_cls`` ... ``linear_acc1``).
 
-The preprocessed windows are cached under ``<cache>/physionet2018/`` by
-:meth:`EEGTask.prepare_data`, the explicit data step: a second run never filters again.
-
-Protocols (``--protocol``, the plan's ``protocol`` and ``probe`` sections, as for
-``cifar100``: :class:`tasks.frozen.FrozenProtocols`): ``finetune`` (the above), ``knn``
-and ``linear`` on the frozen 1D encoder, reading the finetune subjects' labelled windows
-as the training split and the test subjects' as the test split (instance-normalised, as
-finetuning reads them). Metrics: Cohen's kappa and accuracy (scikit-learn) of each:
-``knn_kappa_cls``, ``knn_acc1_cls``, ``knn_kappa_avg``, ``knn_acc1_avg``;
-``linear_kappa``, ``linear_acc1``; with ``majority_acc``, ``data`` and the sanity
-``warnings`` beside them. Features are cached by checkpoint, the preprocessing's cache
-key, the records of each split with their source files' (size, mtime), and the pool.
+Details: docs/reference/physionet2018.md.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from engine.errors import ConfigError, DataError
-from engine.plan import DataPlan, EncoderPlan, LoaderPlan, PretrainPlan, ProtocolPlan, _Schedule
-from engine.runner import build_runner
-from methods.backbone import build_encoder
+from engine.plan import DataPlan, EncoderPlan, LoaderPlan, PretrainPlan, _Schedule
 
 from .base import RunnerSamples, Task
-from .checkpoint import load_encoder_weights
-from .classifier import ClassifierModel
 from .data.physionet2018 import (EEG_CHANNELS, STAGES, EEGPreprocessing, EEGWindows,
                                  PhysionetCache, PhysionetDataError, build_cache, split_subjects)
-from .frozen import FrozenData, FrozenProtocols
+from .finetune import finetune_classifier
+from .frozen import FrozenData, FrozenProtocols, ProtocolPlan
 from .metrics import SleepStagingMetrics  # noqa: F401  (registers the metric the Runner names)
 from .protocols import LinearProbePlan
 
@@ -234,28 +221,13 @@ class EEGTask(FrozenProtocols, Task):
             out["majority_acc"] = 100.0 * float(np.bincount(labels).max() / len(labels))
             out["data"] = self.data_summary()
             return out
-        plan, ft = self.plan, self.plan.finetune
         train, test = self.labelled_splits(log)
-        encoder = build_encoder(**{**plan.encoder.as_kwargs(),
-                                   "pos_embed": "learn" if ft.pos_embed else "none",
-                                   "num_classes": len(STAGES), "drop_path_rate": ft.drop_path})
-        report = None
-        if pretrained is not None:
-            report = load_encoder_weights(encoder, Path(pretrained) / "encoder.pth", log=log)
-        model = ClassifierModel(encoder, len(STAGES), mixup=0.0, cutmix=0.0,
-                                smoothing=ft.smoothing, pos_embed_mask=ft.pos_embed_mask)
-        runner = build_runner(
-            model, work_dir, RunnerSamples(train), schedule=ft,
-            batch_per_process=plan.finetune_batch(), loader=plan.loader, seed=plan.seed,
-            test_dataset=RunnerSamples(test), test_evaluator=dict(type="SleepStagingMetrics"),
-            experiment_name="eeg")
-        runner.train()
-        metrics = runner.test()
-        out = {k: float(metrics[k]) for k in self.metric_names}
+        out = finetune_classifier(
+            self, pretrained=pretrained, work_dir=work_dir, log=log, train=train, test=test,
+            num_classes=len(STAGES), train_labels=train.labels, test_labels=test.labels,
+            evaluator="SleepStagingMetrics", metric_names=self.metric_names,
+            model_options=dict(mixup=0.0, cutmix=0.0,
+                               pos_embed_mask=self.plan.finetune.pos_embed_mask))
         out["majority_acc"] = 100.0 * float(np.bincount(test.labels).max() / len(test))
         out["data"] = self.data_summary()
-        if report is not None:
-            out["new_keys"] = report["missing"]
-        # a finetuning that learnt nothing says so, as the image tasks' do
-        self.finetune_warnings(runner, out, train.labels, len(STAGES), ft.smoothing, test.labels, log)
         return out

@@ -27,20 +27,37 @@ still agree with the labels beyond chance (our choice: the accuracy lines say it
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
 from engine.errors import ConfigError
-from engine.plan import PROTOCOLS, stable_hash, with_step_floor
+from engine.plan import stable_hash, with_step_floor
 from methods.backbone import build_encoder
 
 from .checkpoint import load_encoder_weights, read_encoder_state
 from .protocols import (accuracy_warning, class_prior_loss, feature_cache_key, final_train_loss,
                         frozen_metric_names, loss_warning, majority_rate, probe_encoder)
 
-__all__ = ["FrozenProtocols", "FrozenData"]
+__all__ = ["FrozenProtocols", "FrozenData", "ProtocolPlan", "PROTOCOLS"]
+
+
+PROTOCOLS = ("finetune", "linear", "knn")
+
+
+@dataclass(frozen=True)
+class ProtocolPlan:
+    """How a classification-style task evaluates an encoder (``--protocol``):
+    ``finetune`` (every weight trained, the ``finetune`` section), ``linear`` (a linear
+    probe on frozen features, the task's ``probe`` section) or ``knn`` (weighted kNN on
+    frozen features, ``knn_k`` neighbours, temperature ``knn_temperature``: DINO's 20
+    and 0.07). ``batch_size``: images per forward pass when features are extracted."""
+    name: str = "finetune"
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    batch_size: int = 256
 
 
 class FrozenData(NamedTuple):

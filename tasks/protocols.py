@@ -1,38 +1,30 @@
 """Frozen-encoder evaluation protocols: weighted kNN and a linear probe.
 
-Finetuning (``tasks/classification.py``) changes every weight of the encoder, so its
-accuracy mixes what pretraining learnt with what the finetuning recipe can recover.
-The two protocols here read the pretrained encoder as it is:
+Both read the pretrained encoder as it is (finetuning changes every weight):
 
 - **kNN** (:func:`knn_classify`, :func:`knn_accuracy`): DINO's weighted k-nearest-
   neighbour vote on L2-normalised features, no training at all.
 - **linear probe** (:class:`LinearProbe`, :func:`train_linear_probe`): one
   ``nn.Linear`` trained on features computed once from the frozen encoder, on
-  mmengine's Runner through :func:`engine.runner.build_runner`, scored by the suite's
-  :class:`tasks.metrics.Top1Accuracy`.
+  mmengine's Runner through :func:`engine.runner.build_runner`.
 
-Features (:func:`extract_features`) are the encoder's ``forward_features`` output
-(after its final norm): the [CLS] token (``pool="cls"``), the mean of the patch
-tokens (``pool="avg"``), or both concatenated (``pool="cls+avg"``). Samples (images,
-or the 1D encoder's signal windows) are read in the data set's order, in eval mode,
-without gradients.
+:func:`extract_features` gives the encoder's ``forward_features`` output (after its
+final norm) pooled by ``pool`` (:data:`POOLS`: ``"cls"``, ``"avg"``, ``"cls+avg"``),
+in the data set's order, in eval mode, without gradients. :func:`cached_features`
+keeps features on disk, one ``.pt`` per key (:func:`feature_cache_key`), written
+atomically.
 
 :func:`probe_encoder` runs one protocol and returns metrics with fixed names
-(:func:`frozen_metric_names`), one per score the task asks for (``scores``, names of
-:data:`tasks.metrics.SCORES`: ``acc1`` for image classification, ``kappa`` and ``acc1``
-for sleep staging), all computed by scikit-learn from the predictions:
+(:func:`frozen_metric_names`), one per score of ``scores`` (names of
+:data:`tasks.metrics.SCORES`), computed by scikit-learn from the predictions:
+``protocol="knn"`` gives ``knn_<score>_cls`` and ``knn_<score>_avg``;
+``protocol="linear"`` gives ``linear_<score>`` of a probe on ``[CLS] ‖ mean of patch
+tokens`` (:data:`LINEAR_POOL`). An unknown protocol or pool, or a linear probe without
+``work_dir``, raises ValueError. :func:`loss_warning` and :func:`accuracy_warning` are
+the sanity checks (a loss at the class-prior level, an accuracy within noise of the
+majority-class rate).
 
-- ``protocol="knn"``: ``knn_<score>_cls`` and ``knn_<score>_avg`` (one vote per pool),
-  e.g. ``knn_acc1_cls``, ``knn_kappa_avg``;
-- ``protocol="linear"``: ``linear_<score>`` (``linear_acc1``) of a probe on ``[CLS] ‖ mean
-  of patch tokens``. Our choice: PART and MP3 pretrain with losses on the patch tokens only
-  (``methods/part.py`` drops the [CLS] output), so a probe on [CLS] alone would score
-  an output their pretraining never trained; the concatenation reads both, alike for
-  every method.
-
-:func:`cached_features` keeps features on disk (one ``.pt`` per key, written
-atomically), so a table that runs several protocols on one checkpoint extracts each
-(checkpoint, data, split, pool) once.
+Details: docs/reference/classification.md.
 """
 from __future__ import annotations
 

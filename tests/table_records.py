@@ -1,6 +1,6 @@
 """Records for table tests: written under the plan today's code resolves for the cell
 (``plan_hash`` given: another plan's, i.e. a stale record)."""
-from benchmarks.run import make_plan
+from pipeline.cell import make_plan
 from engine.plan import plan_to_dict, stable_hash
 from engine.records import record_path, write_record
 

@@ -10,7 +10,7 @@ as ``python -m benchmarks.run ARGS`` does (:mod:`forked_cli`). Two cases
 Plan-time problems are answered by ``--dry-run``; data and checkpoint problems before
 any training, except a corrupt image, which is found when it is read: the run stops,
 naming the file, in classification (:func:`tasks.data.imagefolder.load_image`) and in
-detection alike (:class:`tasks.vitdet.CheckedLoadImageFromFile`).
+detection alike (:class:`tasks.data.coco_pipeline.CheckedLoadImageFromFile`).
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import pytest
 from forked_cli import run_cli
 
 import benchmarks.run  # noqa: F401
+from pipeline.describe import dry_run
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR = "tasks.cifar100"
@@ -128,7 +129,7 @@ def _cached_checkpoint_path(opts: list[str], cache: Path) -> Path:
     p = argparse.ArgumentParser()
     p.add_argument("--cfg-options", nargs="+", action=DictAction, default={})
     cfg = p.parse_args(["--cfg-options", *opts]).cfg_options
-    info = benchmarks.run.dry_run("part", "cifar100", cfg_options=cfg, cache=cache)
+    info = dry_run("part", "cifar100", cfg_options=cfg, cache=cache)
     return Path(info["checkpoint"]["path"])
 
 

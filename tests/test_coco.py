@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from engine.config import PRESETS
+from pipeline.presets import PRESETS
 from engine.errors import ConfigError, DataError
 from methods import build_method
 from tasks import TASKS, build_task
 from tasks.checkpoint import load_encoder_into_backbone
 from tasks.coco import CocoTask, evaluate_predictions
-from tasks.data.coco import build_coco_dataset, check_coco_root, coco_classes, eval_pipeline, train_pipeline
+from tasks.data.coco import check_coco_root, coco_classes
+from tasks.data.coco_pipeline import build_coco_dataset, eval_pipeline, train_pipeline
 from tasks.data.coco_synthetic import category_id, write_coco
 from tasks.detection_config import build_detector
 from tasks.vitdet import SimpleFeaturePyramid, ViTDetBackbone
@@ -22,7 +23,7 @@ SIZE = 96
 
 
 def _plan(**kw):
-    from benchmarks.run import make_plan
+    from pipeline.cell import make_plan
 
     return make_plan("part", "coco", **kw)
 

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from tasks.coco import evaluate_predictions, summarise_metrics
-from tasks.data.coco import build_coco_dataset, eval_pipeline
+from tasks.data.coco_pipeline import build_coco_dataset, eval_pipeline
 from tasks.data.coco_synthetic import mask_polygons, uncompressed_rle
 from tasks.detection_config import build_detector
-from tasks.vitdet import DroppedBoxesMetric, valid_boxes
+from tasks.detection_guards import DroppedBoxesMetric, valid_boxes
 
 SIZE = 96
 # category ids 5 and 9 -> labels 0 and 1 (file order)
@@ -73,7 +73,7 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def detector():
-    from benchmarks.run import make_plan
+    from pipeline.cell import make_plan
 
     plan = make_plan("part", "coco")
     torch.manual_seed(0)
@@ -168,7 +168,7 @@ def test_valid_boxes_by_hand():
 def test_finite_coder_empties_only_non_finite_boxes():
     from mmdet.models.task_modules.coders import DeltaXYWHBBoxCoder
 
-    from tasks.vitdet import FiniteDeltaXYWHBBoxCoder
+    from tasks.detection_guards import FiniteDeltaXYWHBBoxCoder
 
     stds = [0.1, 0.1, 0.2, 0.2]
     rois = torch.tensor([[10.0, 10, 30, 30], [40, 40, 60, 70], [0, 0, 8, 8]])
@@ -313,7 +313,7 @@ def test_a_damaged_image_is_one_error_naming_it_and_a_whole_one_loads_as_mmcv_lo
 
     from engine.errors import DataError
     from tasks.data.coco import image_damage
-    from tasks.vitdet import CheckedLoadImageFromFile
+    from tasks.data.coco_pipeline import CheckedLoadImageFromFile
 
     for img_id, w, h, _ in IMAGES:
         path = str(folder / "train2017" / f"{img_id:012d}.jpg")

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from benchmarks.run import make_plan, run_cell
+from pipeline.cell import make_plan, run_cell
 from encoder_watch import watch_probe_encoder
 from methods import build_method
 from methods.backbone import build_encoder
@@ -106,7 +106,7 @@ def test_eeg_task_runs_end_to_end_on_generated_records(tmp_path, monkeypatch):
 
     # the frozen protocols on the same pretrained checkpoint: the encoder is read, never
     # changed (in memory and on disk), and one feature extraction serves both
-    from benchmarks.run import with_protocol
+    from pipeline.cell import with_protocol
     from tasks.protocols import frozen_metric_names
 
     encoder_file = next((tmp_path / "cache" / "pretrain").glob("*/encoder.pth"))

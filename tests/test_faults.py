@@ -24,7 +24,9 @@ import pytest
 import torch
 from forked_cli import finish_cli, run_cli, start_cli
 
-from benchmarks.run import explain, main, run_cell
+from pipeline.cell import run_cell
+from pipeline.describe import explain
+from benchmarks.run import main
 from engine.errors import TrainingError
 from engine.locks import file_lock
 from engine.resume import SuiteRunner, pick_resume_checkpoint
@@ -271,7 +273,7 @@ def test_a_full_disk_leaves_the_previous_files_and_stops_with_one_line(tmp_path,
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(records, "atomic_write_json", full_json)
-    from benchmarks.run import cell_record_path
+    from pipeline.cell import cell_record_path
 
     previous = cell_record_path("part", "cifar100", cfg_options=OPTS, out=runs)
     previous.write_text('{"previous": true}')

@@ -77,7 +77,7 @@ def test_precision_resolves_per_device_capability():
 
 
 def test_precision_and_compile_are_plan_values_checked_at_plan_time_and_left_out_of_the_key():
-    from benchmarks.run import make_plan
+    from pipeline.cell import make_plan
     from engine.pretrain import pretrain_key
 
     base = make_plan("part", "cifar100")

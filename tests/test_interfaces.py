@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.run import data_identities, make_plan
+from pipeline.cell import data_identities, make_plan
 from engine.pretrain import ensure_pretrained
 from methods import METHODS, MethodEntry, build_method
 from methods.base import PretrainMethod, ViewSpec

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.run import run_cell
-from benchmarks.run import data_identities, make_plan
+from pipeline.cell import run_cell
+from pipeline.cell import data_identities, make_plan
 from engine.pretrain import pretrain_key
 from methods import METHODS
 

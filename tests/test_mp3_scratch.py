@@ -190,7 +190,7 @@ def test_encoder_state_dict_transfers_to_a_finetuning_encoder():
 
 
 def test_registry_variants_are_finetuning_options():
-    from benchmarks.run import make_plan
+    from pipeline.cell import make_plan
 
     assert METHODS["mp3-nope"].cls is MP3 and METHODS["scratch-nope"].cls is Scratch
     for name, pretrains, pe in [("mp3", True, True), ("mp3-nope", True, False),

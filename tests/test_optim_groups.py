@@ -32,7 +32,7 @@ def _built(runner):
 
 # ------------------------------------------------------------------ classification
 def _classification_runner(tmp_path, layer_decay):
-    from benchmarks.run import make_plan
+    from pipeline.cell import make_plan
     from methods.backbone import build_encoder
     from tasks.classification import ClassifierModel
 
@@ -100,7 +100,7 @@ def test_detection_groups_are_vitdets(tmp_path, monkeypatch):
     exemptions (the blocks' norms and the absolute position embedding; biases and the
     relative position tables decayed)."""
     import engine.runner
-    from benchmarks.run import make_plan
+    from pipeline.cell import make_plan
     from tasks.coco import CocoTask
     from tasks.data.coco_synthetic import write_coco
 
@@ -154,7 +154,7 @@ def test_detection_groups_are_vitdets(tmp_path, monkeypatch):
 def test_pretraining_groups_follow_maes_and_dropposs_optimizer(tmp_path, method):
     """Pretraining (every method): biases and 1-D parameters undecayed, everything else
     decayed, [CLS] and mask tokens included; frozen sin-cos tables left out; one lr."""
-    from benchmarks.run import make_plan
+    from pipeline.cell import make_plan
     from engine.pretrain import PretrainModel
     from methods import build_method
 

@@ -2,7 +2,7 @@
 (decoder sizes, ratios, pairs, patches), for every task the methods pretrain for."""
 import pytest
 
-from benchmarks.run import make_plan
+from pipeline.cell import make_plan
 from engine.errors import ConfigError
 from methods import build_method
 

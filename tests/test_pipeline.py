@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.run import data_identities, make_plan, pretrained_method, run_cell
+from pipeline.cell import data_identities, make_plan, pretrained_method, run_cell
 from engine.errors import ConfigError, DataError, TrainingError
 from engine.pretrain import atomic_torch_save, ensure_pretrained
 from methods import METHODS, build_method

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.run import data_identities, dry_run, make_plan, run_key
-from engine.config import PRESETS
+from pipeline.cell import data_identities, make_plan, run_key
+from pipeline.describe import dry_run
+from pipeline.presets import PRESETS
 from engine.errors import ConfigError
 from engine.pretrain import pretrain_key
 
@@ -82,7 +83,7 @@ def test_variants_inherit_every_layer_of_their_base(layered):
 def test_a_data_or_encoder_change_names_its_record_apart_from_the_default_cell(tmp_path):
     """A row or command-line change of the data or the encoder is a variant: its record
     never overwrites the default cell's (five times the test images is another number)."""
-    from benchmarks.run import cell_record_path
+    from pipeline.cell import cell_record_path
 
     default = cell_record_path("part", "cifar100", out=tmp_path)
     row = {"encoder.arch": "vit_micro_wide", "data.embedded.num_test": 5000}
@@ -268,7 +269,7 @@ def test_cache_key_follows_the_data_and_ignores_loader_knobs(tmp_path):
 
 
 def test_same_command_on_two_data_roots_pretrains_twice(tmp_path):
-    from benchmarks.run import run_cell
+    from pipeline.cell import run_cell
 
     opts = {"tasks.cifar100.pretrain.epochs": 1, "tasks.cifar100.finetune.epochs": 1,
             "tasks.cifar100.pretrain.global_batch_size": 32,
@@ -375,7 +376,7 @@ def _interrupt_then_rerun(tmp_path, monkeypatch, method, task, killed_on, reruns
     each of their training loops started at."""
     from mmengine.runner import EpochBasedTrainLoop
 
-    from benchmarks.run import run_cell
+    from pipeline.cell import run_cell
     from engine.runner import FiniteLossHook
 
     class Killed(Exception):
@@ -443,7 +444,7 @@ def test_a_long_variant_keeps_record_work_dir_and_lock_names_within_file_system_
     """Eleven command-line options used to name a record past 255 bytes (OSError at the
     lock); a long variant keeps its start and a hash of the whole, so two variants that
     differ only at the end still get two records."""
-    from benchmarks.run import cell_record_path, work_dir_of
+    from pipeline.cell import cell_record_path, work_dir_of
 
     opts = {f"tasks.cifar100.{k}": v for k, v in {
         "pretrain.epochs": 3, "pretrain.warmup_epochs": 0.5, "pretrain.global_batch_size": 16,

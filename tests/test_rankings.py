@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmarks.run import cell_record_path, dry_run, make_plan, run_cell, with_protocol
+from pipeline.cell import cell_record_path, make_plan, run_cell, with_protocol
+from pipeline.describe import dry_run
 from benchmarks.stats import format_mean_ci
 from benchmarks.tables import Column, Row, Table, fill
 from engine.errors import ConfigError

@@ -128,7 +128,7 @@ def test_launcher_from_env(env, launcher):
 
 
 def test_plan_under_srun_divides_the_batch_by_slurm_tasks(monkeypatch):
-    from benchmarks.run import make_plan
+    from pipeline.cell import make_plan
 
     for k, v in SRUN_TASK.items():
         monkeypatch.setenv(k, v)

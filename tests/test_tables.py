@@ -4,7 +4,7 @@ import json
 import pandas as pd
 import pytest
 
-from benchmarks.run import make_plan
+from pipeline.cell import make_plan
 from benchmarks.tables import PAPER, TABLES, fill
 from engine.plan import plan_to_dict, stable_hash
 from engine.records import results_dir

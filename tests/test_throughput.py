@@ -76,7 +76,7 @@ def test_hook_times_iterations_writes_json_and_logs_samples_per_second(tmp_path,
 # ---------------------------------------------------------------- a tiny real run
 def test_record_carries_throughput_of_every_phase_also_from_a_cached_pretraining(tmp_path,
                                                                                  one_torch_thread):
-    from benchmarks.run import run_cell
+    from pipeline.cell import run_cell
 
     opts = {"tasks.cifar100.data.embedded.num_train": 128, "tasks.cifar100.data.embedded.num_test": 32,
             "tasks.cifar100.pretrain.epochs": 1, "tasks.cifar100.pretrain.warmup_epochs": 0,

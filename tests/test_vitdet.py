@@ -3,16 +3,19 @@ relative position terms (with non-zero tables, on a grid whose height and width 
 so that a swapped axis or a reversed offset shows), window attention that cannot see
 across windows, and global attention that can."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from tasks.vitdet import RelPosAttention, ViTDetBackbone, ViTDetBlock
+from timm.models.vision_transformer_sam import Attention as SamAttention
+
+from tasks.vitdet import ViTDetBackbone, ViTDetBlock
 
 DIM, HEADS = 12, 2
 
 
-def naive_rel_pos_attention(attn: RelPosAttention, x: torch.Tensor) -> torch.Tensor:
+def naive_rel_pos_attention(attn: SamAttention, x: torch.Tensor) -> torch.Tensor:
     """Multi-head attention over the ``(H, W)`` grid of ``x`` (B, H, W, C), one query i and
     key j at a time: logit = q_i . k_j / sqrt(d) + q_i . R_h[h_i - h_j + H - 1]
     + q_i . R_w[w_i - w_j + W - 1], softmax over j, then the output projection."""
@@ -39,7 +42,7 @@ def naive_rel_pos_attention(attn: RelPosAttention, x: torch.Tensor) -> torch.Ten
 @pytest.mark.parametrize("grid", [(3, 5), (4, 4)])
 def test_relative_position_attention_equals_the_hand_computation(grid):
     torch.manual_seed(0)
-    attn = RelPosAttention(DIM, HEADS, grid=grid).eval()
+    attn = SamAttention(DIM, HEADS, use_rel_pos=True, input_size=grid).eval()  # the block's
     with torch.no_grad():  # non-zero, asymmetric tables: a reversed offset or swapped axis shows
         attn.rel_pos_h.normal_(0, 1.0)
         attn.rel_pos_w.normal_(0, 1.0)
@@ -105,3 +108,17 @@ def test_state_dict_keeps_vitdet_names_and_table_sizes():
         "norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
         "attn.proj.bias", "attn.rel_pos_h", "attn.rel_pos_w", "norm2.weight", "norm2.bias",
         "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"}
+
+
+def test_a_backbone_saved_before_timms_parts_loads_and_computes_the_same():
+    """tests/data/vitdet_backbone_2026-12-05.pt: a small backbone's weights, an input
+    (a non-square grid that windows must pad) and its output, saved by the code before
+    the blocks were built from timm's attention and patch embedding."""
+    saved = torch.load(Path(__file__).parent / "data" / "vitdet_backbone_2026-12-05.pt",
+                       weights_only=True)
+    model = ViTDetBackbone(**saved["config"]).eval()
+    assert set(model.state_dict()) == set(saved["state_dict"])
+    model.load_state_dict(saved["state_dict"], strict=True)
+    with torch.no_grad():
+        out = model(saved["input"])[0]
+    assert torch.allclose(out, saved["output"], atol=1e-5), float((out - saved["output"]).abs().max())

@@ -1,4 +1,4 @@
-"""COCO 2017 on disk: the layout check, the annotation-file check, and mmdet's reader.
+"""COCO 2017 on disk: the layout check and the annotation-file check (no mmdet here).
 
 What the detection task reads, from a real COCO root or from the embedded scenes
 (:mod:`tasks.data.coco_synthetic` writes the same layout), and what it checks before any
@@ -9,15 +9,14 @@ training so that a wrong file fails with one line naming it:
   (categories, image sizes and files, boxes, the three mask encodings);
 - :func:`image_damage`: what is wrong with an image file's bytes (a truncated JPEG or
   PNG, an empty file); the pipelines load images through
-  :class:`tasks.vitdet.CheckedLoadImageFromFile`, which stops the run naming a damaged
+  :class:`tasks.data.coco_pipeline.CheckedLoadImageFromFile`, which stops the run naming a damaged
   file when it is read (as the classification data sets do: a benchmark number is over
   the data set as published, and a skipped image would silently change it);
 - :func:`coco_classes`: category names in the file's order (labels index this list);
-- :func:`train_pipeline` / :func:`eval_pipeline`: mmdet's loading and augmentation
-  pipelines (ViTDet's large-scale jitter; resize and pad at test time);
-- :func:`build_coco_dataset`: mmdet's ``CocoDataset`` on a split;
 - :func:`count_annotated_images`: the images with at least one annotation (those
   mmdet's ``filter_empty_gt`` keeps for training).
+
+mmdet's pipelines and reader are :mod:`tasks.data.coco_pipeline`.
 """
 from __future__ import annotations
 
@@ -28,8 +27,7 @@ from pathlib import Path
 from engine.errors import DataError
 
 __all__ = ["COCO_LAYOUT", "check_coco_root", "coco_classes", "check_coco_annotations",
-           "image_damage", "train_pipeline", "eval_pipeline", "build_coco_dataset",
-           "count_annotated_images"]
+           "image_damage", "count_annotated_images"]
 
 COCO_LAYOUT = ("train2017/, val2017/, annotations/instances_train2017.json, "
                "annotations/instances_val2017.json")
@@ -166,61 +164,6 @@ def image_damage(data: bytes) -> str | None:
         if end < 0 or len(data) < end + 8:  # the chunk type, then its 4-byte CRC
             return f"a PNG without its IEND chunk: truncated at {len(data)} bytes"
     return None
-
-
-def train_pipeline(size: int, ratio_range=(0.1, 2.0), pad_val: int = 114, hflip: float = 0.5):
-    """Large-scale jitter (ViTDet): flip, resize by a random ratio of ``size``, crop
-    ``size`` x ``size``, pad to it."""
-    return [
-        dict(type="CheckedLoadImageFromFile", backend_args=None),
-        dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
-        dict(type="RandomFlip", prob=hflip),
-        dict(type="RandomResize", scale=(size, size), ratio_range=tuple(ratio_range), keep_ratio=True),
-        dict(type="RandomCrop", crop_type="absolute_range", crop_size=(size, size),
-             recompute_bbox=True, allow_negative_crop=True),
-        dict(type="FilterAnnotations", min_gt_bbox_wh=(1e-2, 1e-2)),
-        dict(type="Pad", size=(size, size), pad_val=dict(img=(pad_val,) * 3)),
-        dict(type="PackDetInputs"),
-    ]
-
-
-def eval_pipeline(size: int, pad_val: int = 114):
-    """Resize the longer side to ``size`` and pad to ``size`` x ``size`` like training's
-    input, recording the *content* shape as ``img_shape`` (:class:`tasks.vitdet.PadKeepImageShape`):
-    the test path clips boxes to it, so none reaches into the padding, which lies
-    outside the original image. Annotations are loaded after resizing, in original
-    coordinates, as mmdet's test pipelines do (CocoMetric reads the file anyway)."""
-    return [
-        dict(type="CheckedLoadImageFromFile", backend_args=None),
-        dict(type="Resize", scale=(size, size), keep_ratio=True),
-        dict(type="PadKeepImageShape", size=(size, size), pad_val=dict(img=(pad_val,) * 3)),
-        dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
-        dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape",
-                                              "scale_factor")),
-    ]
-
-
-def build_coco_dataset(root: Path, split: str, pipeline, classes=None, min_size: int = 0):
-    """mmdet's CocoDataset on ``root`` (``split`` 'train' or 'val'), classes from the file."""
-    from ..vitdet import mmdet_scope
-
-    mmdet_scope()
-    from mmdet.registry import DATASETS
-
-    root = Path(root)
-    ann = root / "annotations" / f"instances_{split}2017.json"
-    classes = classes or coco_classes(ann)
-    try:
-        return DATASETS.build(dict(
-            type="CocoDataset", data_root=str(root),
-            ann_file=f"annotations/instances_{split}2017.json",
-            data_prefix=dict(img=f"{split}2017/"), metainfo=dict(classes=tuple(classes)),
-            test_mode=split != "train",
-            filter_cfg=dict(filter_empty_gt=True, min_size=min_size) if split == "train" else None,
-            pipeline=pipeline, backend_args=None))
-    except (OSError, ValueError, KeyError, TypeError, AssertionError) as exc:
-        raise DataError(f"cannot load COCO {split} annotations {ann}: {type(exc).__name__}: {exc}; "
-                        f"expected COCO 2017's instances format") from None
 
 
 def count_annotated_images(ann_file: Path) -> int:

@@ -1,33 +1,20 @@
 """Deterministic detection scenes written in COCO 2017's on-disk layout, with the
 variety real COCO has.
 
-The scenes are those of :mod:`tasks.data.synthetic` (the same landscape background,
-the same shapes and colour families, drawn by the same helpers) with every object
-annotated: 1 to ``max_objects`` objects per image, each of a class drawn from the
-first ``num_classes`` classes. Later objects may occlude earlier ones, but an
-object that would leave an earlier one less than 40 % visible is not drawn, so every
-annotation describes a clearly visible object, and masks and boxes are those of the
-*visible* pixels.
+The scenes are those of :mod:`tasks.data.synthetic` with every object annotated: 1 to
+``max_objects`` objects per image, each of a class drawn from the first
+``num_classes`` classes, each at least 40 % visible (:data:`MIN_VISIBLE`), its mask and
+box those of its *visible* pixels. Image sizes vary; some images are empty, some
+grayscale, some hold a crowd region (``iscrowd`` 1); masks come as polygons
+(:func:`mask_polygons`), compressed RLE or uncompressed RLE (:func:`uncompressed_rle`);
+category ids are non-contiguous (:func:`category_id`). Every annotation's segmentation
+decodes (pycocotools) to exactly its visible pixels.
 
-What real COCO has, and these files have too:
-
-- image sizes and aspect ratios vary: height and width are each drawn from
-  ``size * side_range``;
-- about ``empty_fraction`` of the images have no annotation at all;
-- about ``gray_fraction`` of the images are single-channel (grayscale) JPEGs;
-- masks in the three encodings COCO uses: polygons for most objects (a list of
-  ``[x0, y0, x1, y1, ...]`` outlines, one per connected piece), compressed RLE
-  (``counts`` a string) for about ``rle_fraction`` of them and for any whose visible
-  region has a hole (a polygon list cannot draw one), and, for crowd regions,
-  uncompressed RLE (``counts`` a list of run lengths) with ``iscrowd`` 1;
-- about ``crowd_fraction`` of the images hold a crowd: a cluster of 4 to 7 small
-  objects of one class annotated as one region with ``iscrowd`` 1, which training
-  ignores and evaluation neither rewards nor penalises;
-- categories with non-contiguous ids (``3 * c + 2``), so that no reader can get away
-  with assuming ids are label indices.
-
-Every annotation's segmentation decodes (pycocotools) to exactly its visible pixels;
-``bbox`` ([x, y, w, h]) and ``area`` are those pixels' box and count.
+- :func:`render_detection_scenes`: the images and, per image, its
+  ``(label, mask, iscrowd)`` instances, in memory;
+- :func:`write_coco`: writes the layout below under ``root`` and returns it;
+- :func:`ensure_embedded_coco`: generates that layout once, atomically, under
+  ``cache_root`` and returns its root.
 
 Written layout (what mmdet's ``CocoDataset`` and ``CocoMetric`` read, and what
 :func:`tasks.data.coco.check_coco_root` checks)::
@@ -36,6 +23,8 @@ Written layout (what mmdet's ``CocoDataset`` and ``CocoMetric`` read, and what
     ROOT/val2017/<image id:012d>.jpg
     ROOT/annotations/instances_train2017.json
     ROOT/annotations/instances_val2017.json
+
+Details: docs/reference/generated-data.md.
 """
 from __future__ import annotations
 

@@ -1,87 +1,31 @@
 """PhysioNet/CinC 2018 ("You Snooze You Win") for EEG sleep staging: reader,
 preprocessing, on-disk cache and subject split.
 
-Layout read (as distributed; :mod:`tasks.data.physionet_synthetic` writes the same)::
+Reads ``ROOT/training/trNN-NNNN/trNN-NNNN.{hea,mat}`` with ``trNN-NNNN-arousal.mat``
+(the stages) and the optional, unlabelled ``ROOT/test/teNN-NNNN/``, as distributed
+(:mod:`tasks.data.physionet_synthetic` writes the same).
 
-    ROOT/training/trNN-NNNN/trNN-NNNN.hea            WFDB header (13 signals, 200 Hz)
-    ROOT/training/trNN-NNNN/trNN-NNNN.mat            MATLAB v4, ``val`` int16 13 x n
-    ROOT/training/trNN-NNNN/trNN-NNNN-arousal.mat    MATLAB v7.3 (HDF5): data/sleep_stages/*
-    ROOT/test/teNN-NNNN/teNN-NNNN.{hea,mat}          unlabelled (optional folder)
+- :func:`read_record`: one record's six EEG channels (:data:`EEG_CHANNELS`) in µV and
+  its per-sample stage (:data:`STAGES` index, -1 undefined);
+- :func:`preprocess_signals`, :func:`epoch_labels`: band-pass 0.1-30 Hz, resample to
+  100 Hz, then cut 30 s windows aligned to the stage change points
+  (:class:`EEGPreprocessing`);
+- :func:`build_cache` -> :class:`PhysionetCache`: per record float32 windows
+  (n, 6, 3000) in µV (memory-mapped on read) and int8 labels (-1 unlabelled) under
+  ``<cache_dir>/<EEGPreprocessing.key()>/``; built once, in parallel, and rebuilt when
+  a source file's size or mtime changes; :meth:`PhysionetCache.open` reopens one;
+- :func:`split_subjects`: a deterministic pretrain / finetune / test split by subject;
+- :class:`EEGWindows`: the windows of given records as a Dataset, instance-normalised
+  at read time.
 
-Reading. The header is read with ``wfdb.rdheader``; the six EEG channels
-(:data:`EEG_CHANNELS`) are found by name; ``val`` is read with ``scipy.io.loadmat``
-and its shape is checked against the header's signal count and length; physical
-values are ``(val - baseline) / gain`` per signal, converted to µV from the header's
-unit. Stages come from ``-arousal.mat`` (``data/sleep_stages/{wake, nonrem1,
-nonrem2, nonrem3, rem}``; a sample flagged by none of them, or by ``undefined``, is
-undefined), not from the ``.arousal`` annotations (wfdb 4.3.1's ``rdann`` drops a
-note at sample 0).
+Bad input (:class:`PhysionetDataError`, one line naming the file): a missing root, a
+root without ``training/`` or without record folders **stops**
+(:func:`check_physionet_root`), as does a root whose every record is skipped; a
+damaged or truncated record, a ``training/`` record without readable labels, or one
+with no complete scored epoch is a **counted skip** (``cache.skipped`` lists
+``(record, reason)``; every skip is logged), retried once its files change.
 
-Epochs. Stages are scored in 30 s epochs starting at the first scored sample, so
-windows are aligned to the stage change points, not to sample 0: each run of
-constant stage is cut into whole windows from its first sample. A run's remainder
-shorter than a window is one dropped *partial* epoch; each undefined run counts
-``ceil(length / window)`` dropped *undefined* epochs. Unlabelled records (``test/``)
-have no scoring grid; we cut them from sample 0 (our choice) and their remainder is
-one dropped partial epoch.
-
-Preprocessing (the paper's protocol, Section 4): the six EEG channels of the whole
-record are band-passed 0.1-30 Hz with ``mne.filter.filter_data`` (MNE's defaults:
-zero-phase FIR, firwin design, Hamming window; transition bands 0.1 Hz and 7.5 Hz,
-so a 33 s filter), then resampled 200 -> 100 Hz with ``mne.filter.resample``
-(polyphase), and only then cut into 30 s windows (3000 samples): the filter never
-sees a window edge. A window's start at 100 Hz is its start at 200 Hz halved and
-rounded down (at most 5 ms early where a scored run starts on an odd sample).
-Instance normalisation (zero mean, unit variance per window and per channel) is
-done at read time by :class:`EEGWindows`, so the cache keeps the filtered signal in
-µV and a change of normalisation needs no rebuild.
-
-Cache. ``<cache_dir>/<EEGPreprocessing.key()>/`` holds per record
-``<record>.windows.npy`` (float32, (n_windows, 6, 3000), memory-mapped on read),
-``<record>.labels.npy`` (int8, 0 W, 1 N1, 2 N2, 3 N3, 4 R; -1 unlabelled) and
-``<record>.json`` (its :class:`RecordInfo`, or the reason it was skipped, and the
-(size, mtime) of its source files), plus ``index.json`` for the whole root. The key
-hashes the preprocessing (band, rate, window, channels) and :data:`CACHE_VERSION`;
-a record is rebuilt when its files' sizes or mtimes change. Each file is written
-under a temporary name and renamed into place, the ``.json`` last: a killed build
-leaves at worst a temporary file that is never read (and is removed by the next
-build on the same host once its writer is gone). Records are built in parallel
-(``workers`` processes, default ``min(os.cpu_count(), 8)``; filtering goes one
-channel at a time, and an 8 h record costs a worker about 0.6 GB above the parent).
-One cache folder serves one root: a second root with the same record names would
-make records rebuild, never be mixed up.
-
-Bad input: what stops, and what is a counted skip (``cache.skipped`` lists
-``(record, reason)``, each reason one line naming the file; every skip is also logged):
-
-- missing root, a root without ``training/``, no record folder in ``training/``:
-  **stop** (:func:`check_physionet_root`) -- the root is wrong, nothing can be built;
-- a header without one of the six EEG channels, a header wfdb cannot parse, a
-  truncated or unreadable ``.mat``, a header whose signal count or length disagrees
-  with the ``.mat``, a ``training/`` record without ``-arousal.mat`` (or with one
-  that is unreadable or of the wrong length), a record with no complete scored
-  epoch: **counted skip** -- one damaged or half-downloaded record must not cost a
-  1,983-record build, and the paper itself uses a subset (1,653 + 10 + 200
-  subjects). A ``training/`` record without labels is not quietly used as
-  unlabelled: that would change the finetune/test pool without saying so;
-- every record skipped: **stop**, naming the first reason.
-Skips are cached with the files' (size, mtime): fixing a file retries the record.
-
-Measured here (2 CPU cores shared with other jobs, load average ~4), on generated
-1 h records (8 of them, 884 windows)::
-
-    OMP_NUM_THREADS=1 python -c "from tasks.data.physionet_synthetic import \\
-        write_physionet_records as w; from tasks.data.physionet2018 import *; \\
-        import time; r = w('/tmp/ps', 8, 0, 1.0); t = time.time(); \\
-        build_cache(r, '/tmp/pc', EEGPreprocessing(), workers=2); print(time.time() - t)"
-
-9.3 s, i.e. 0.86 records/s with ``workers=2`` (process start-up included); 5.9 s,
-1.36 records/s, with ``workers=1`` on a fresh cache folder. One generated 8 h record
-takes 7.6 s with one worker. A second call reads only the JSON files (0.02 s).
-Disk: a real-length record (8 h at 100 Hz, 6 channels, float32) is
-8 * 3600 * 100 * 6 * 4 B = 69 MB of windows (960 windows of 72 kB; the generated 8 h
-record above, less its undefined stretches, is 59 MB), so the 1,983 records of the
-full set take about 130 GB.
+Details: docs/reference/physionet2018.md.
 """
 from __future__ import annotations
 
@@ -91,7 +35,6 @@ import hashlib
 import json
 import math
 import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +44,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from engine.atomic import atomic_write_json
+from engine.atomic import atomic_path, atomic_write_json, remove_dead_writers
 
 __all__ = [
     "EEG_CHANNELS",
@@ -367,10 +310,6 @@ def _source_signature(name: str, record_dir: Path, folder: str) -> dict:
     return {"record": name, "folder": folder, "files": files}
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
-
-
 def _build_record(name: str, record_dir: Path, folder: str, out: Path, prep: EEGPreprocessing,
                   signature: dict) -> dict:
     """Worker: read, preprocess and write one record; returns its meta dict."""
@@ -402,9 +341,9 @@ def _build_record(name: str, record_dir: Path, folder: str, out: Path, prep: EEG
     if len(starts_out) == 0:
         return skip(f"{record_dir / (name + '.hea')}: no complete {prep.window_s:g} s epoch after resampling")
 
-    wpath, lpath = out / f"{name}.windows.npy", out / f"{name}.labels.npy"
-    wtmp, ltmp = _tmp_name(wpath), _tmp_name(lpath)
-    try:
+    # both arrays are renamed into place only when both are whole; the .json comes last
+    with atomic_path(out / f"{name}.windows.npy") as wtmp, \
+            atomic_path(out / f"{name}.labels.npy") as ltmp:
         mm = np.lib.format.open_memmap(wtmp, mode="w+", dtype=np.float32,
                                        shape=(len(starts_out), x.shape[0], win))
         for i, s0 in enumerate(starts_out):
@@ -413,12 +352,6 @@ def _build_record(name: str, record_dir: Path, folder: str, out: Path, prep: EEG
         del mm
         with open(ltmp, "wb") as fh:
             np.save(fh, labels.astype(np.int8))
-        os.replace(wtmp, wpath)
-        os.replace(ltmp, lpath)
-    finally:
-        for t in (wtmp, ltmp):
-            if t.exists():
-                t.unlink()
     info = RecordInfo(name=name, subject=name, folder=folder, labelled=stage is not None,
                       n_windows=int(len(starts_out)), dropped_undefined=int(undef), dropped_partial=int(part))
     meta = {"source": signature, "info": dataclasses.asdict(info)}
@@ -446,17 +379,7 @@ def _cached_meta(out: Path, name: str, signature: dict) -> dict | None:
 
 def _remove_stale_tmp(out: Path) -> None:
     """Remove temporary files (``.<file>.<host>.<pid>.tmp``) left by dead writers on this host."""
-    host = socket.gethostname()
-    for p in out.glob(".*.tmp"):
-        head, _, pid = p.name[: -len(".tmp")].rpartition(".")
-        if not pid.isdigit() or not head.endswith("." + host):
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            p.unlink(missing_ok=True)
-        except OSError:
-            pass
+    remove_dead_writers(out)
 
 
 class _Progress:

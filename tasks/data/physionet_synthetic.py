@@ -2,50 +2,22 @@
 
 The records stand in for the "You Snooze You Win" data set when it is not on disk
 (tiny preset, tests, CPU-only machines). They are written file for file as the real
-records are distributed, so that :mod:`tasks.data.physionet2018` reads them with the
-code that reads the real data::
+records are distributed (``ROOT/training/trNN-NNNN/`` with ``.hea``, ``.mat``,
+``.arousal`` and ``-arousal.mat``; ``ROOT/test/teNN-NNNN/`` without labels;
+``ROOT/GENERATED.json``, the parameters, written last), so that
+:mod:`tasks.data.physionet2018` reads them with the code that reads the real data.
 
-    ROOT/training/trNN-NNNN/trNN-NNNN.hea           WFDB header: 13 signals, 200 Hz,
-                                                    format 16 at byte offset 24
-    ROOT/training/trNN-NNNN/trNN-NNNN.mat           MATLAB v4, variable ``val``, int16 13 x n
-    ROOT/training/trNN-NNNN/trNN-NNNN.arousal       WFDB annotations: stage notes
-                                                    (W, N1, N2, N3, R) at change points,
-                                                    arousal events "(arousal_rera" ... ")"
-    ROOT/training/trNN-NNNN/trNN-NNNN-arousal.mat   MATLAB v7.3 (HDF5, 512-byte user block):
-                                                    data/arousals (n, 1),
-                                                    data/sleep_stages/{wake, nonrem1,
-                                                    nonrem2, nonrem3, rem, undefined} (1, n)
-    ROOT/test/teNN-NNNN/teNN-NNNN.{hea,mat}         no labels
-    ROOT/GENERATED.json                             the parameters (written last)
+The 13 channels, their units, gains and baselines, the undefined stretches around the
+scored part and the 30 s scoring grid are as in the real records; record 0 of
+``training/`` always starts scored at sample 0. The EEG depends on the stage, so that
+staging is learnable but not trivial.
 
-What the records share with the real ones: the 13 channels by name, order and unit
-(F3-M2 ... O2-M1, E1-M2, Chin1-Chin2 in uV; ABD, CHEST, AIRFLOW in uV; SaO2 in %;
-ECG in mV), per-signal gains and baselines that are not 1 and 0 (physical =
-(val - baseline) / gain), an "undefined" stretch of random length (any number of
-samples, not a multiple of the epoch) before and after the scored part, stages
-scored in 30 s epochs from the first scored sample, and sometimes a partial last
-scored epoch. Record 0 of ``training/`` always starts scored at sample 0 (the case
-wfdb 4.3.1's ``rdann`` gets wrong), so every generated set exercises it.
+- :func:`write_physionet_records` writes a set;
+- :func:`synthesize_record` and :func:`write_record` are the two halves of one record
+  (a :class:`SyntheticRecord`), for tests that need the physical values that were
+  written.
 
-The EEG depends on the stage so that staging is learnable but not trivial (each
-channel is a topographic mix of the sources below plus its own 1/f background):
-
-- W: posterior alpha (8-12 Hz, subject's own peak), beta, eye blinks on the frontal
-  leads and E1-M2, high chin EMG;
-- N1: theta (4-7 Hz), weaker alpha, slow rolling eye movements;
-- N2: spindles (12-14 Hz bursts of 0.5-2 s) and K-complexes (large biphasic waves);
-- N3: high-amplitude slow waves (0.5-2 Hz);
-- R: low-amplitude mixed frequency, rapid eye movements (slow deflections on E1-M2
-  that leak into F3/F4), chin atonia.
-
-Amplitudes vary per subject (a global scale and per-band gains), per epoch (a
-log-normal jitter per band) and with arousals, so that raw amplitude alone does not
-separate the stages. The hypnogram is a semi-Markov chain over stages with
-minimum bout lengths, starting awake (sleep latency).
-
-:func:`write_physionet_records` writes a set; :func:`synthesize_record` and
-:func:`write_record` are the two halves of one record, for tests that need the
-physical values that were written.
+Details: docs/reference/generated-data.md.
 """
 from __future__ import annotations
 

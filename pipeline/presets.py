@@ -1,7 +1,7 @@
 """Presets (mmengine Python config files) and the command line's ``--cfg-options``.
 
 A preset is read as written, without the command line: the command line is its own
-layer of the run plan (:func:`engine.plan.resolve_plan`), above the preset, the task
+layer of the run plan (:func:`pipeline.resolve.resolve_plan`), above the preset, the task
 overrides and a table row, so that ``--cfg-options methods.part.num_pairs=512`` wins
 over ImageNet's 4802 and every value can say where it came from.
 """
@@ -11,10 +11,11 @@ from pathlib import Path
 
 from mmengine.config import Config
 
-from .errors import ConfigError
-from .plan import unflatten
+from engine.errors import ConfigError
+from engine.plan import unflatten
 
-PRESETS = Path(__file__).resolve().parents[1] / "benchmarks" / "presets"
+#: the preset files: data, at the top of the repository
+PRESETS = Path(__file__).resolve().parents[1] / "presets"
 
 __all__ = ["load_preset", "preset_names", "split_cfg_options", "PRESETS"]
 
