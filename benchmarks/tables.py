@@ -70,11 +70,12 @@ class Column:
 
     def warnings(self, record: dict) -> list[str]:
         """The record's warnings that concern this column: those about its metric
-        (``"<metric>: ..."``) and those about training (``"training: ..."``)."""
+        (``"<metric>: ..."``), about training (``"training: ..."``) and about the
+        pretrained features (``"pretraining: ..."``, :mod:`engine.health`)."""
         if self.from_plan:
             return []
         return [w for w in record.get("warnings") or ()
-                if w.startswith(f"{self.metric}:") or w.startswith("training:")]
+                if w.startswith((f"{self.metric}:", "training:", "pretraining:"))]
 
     def value(self, record: dict):
         """The measured value of a record (a metric; ``from_plan`` columns use

@@ -13,6 +13,7 @@ Both are written atomically (temporary file + rename), by the main process only.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from mmengine.dist import is_main_process, barrier
 from methods import build_method
 
 from .atomic import atomic_torch_save, atomic_write_json
+from .health import PretrainHealthHook
 from .locks import file_lock
 from .runner import SuiteModel, build_runner, trust_suite_checkpoints
 from .throughput import read_throughput
@@ -29,6 +31,9 @@ from .throughput import read_throughput
 __all__ = ["PretrainModel", "pretrain_key", "pretrain_identity", "pretrained_folder",
            "is_pretrained", "ensure_pretrained", "atomic_torch_save", "load_method"]
 
+
+#: the collapse monitoring's report beside a pretrained checkpoint (engine.health)
+HEALTH_FILE = "pretrain_health.json"
 
 # Weight-decay groups of every pretraining: MAE's and DropPos's rule (engine.optim).
 PRETRAIN_PARAM_RULE = "mae"
@@ -102,24 +107,27 @@ def is_pretrained(folder: Path) -> bool:
     return (folder / "encoder.pth").exists() and (folder / "method.pth").exists()
 
 
-def ensure_pretrained(plan, dataset, data_id: dict, cache_root: Path, log=print) -> Path:
-    """Return the folder holding ``encoder.pth``/``method.pth``, pretraining if needed."""
+def ensure_pretrained(plan, dataset, data_id: dict, cache_root: Path, log=print,
+                      health_batch=None) -> Path:
+    """Return the folder holding ``encoder.pth``/``method.pth``, pretraining if needed.
+    ``health_batch``: held-out samples the pretraining's collapse monitoring embeds
+    (:mod:`engine.health`; its report is ``pretrain_health.json`` beside the checkpoint)."""
     folder = pretrained_folder(plan, data_id, cache_root)
     if is_pretrained(folder):
         log(f"[pretrain] reusing cached checkpoint {folder}")
         return folder
     if int(os.environ.get("RANK", "0")) != 0:  # the job's rank 0 holds the lock; others follow
-        return _pretrain(plan, dataset, data_id, folder, log)
+        return _pretrain(plan, dataset, data_id, folder, log, health_batch)
     # One process per pretraining: a second run of the same key (another cell, another
     # user) waits here, then reuses what the first one wrote.
     with file_lock(folder.parent / f"{folder.name}.lock", f"pretraining {folder.name}", log=log):
         if is_pretrained(folder):
             log(f"[pretrain] reusing cached checkpoint {folder} (written by the lock's previous owner)")
             return folder
-        return _pretrain(plan, dataset, data_id, folder, log)
+        return _pretrain(plan, dataset, data_id, folder, log, health_batch)
 
 
-def _pretrain(plan, dataset, data_id: dict, folder: Path, log=print) -> Path:
+def _pretrain(plan, dataset, data_id: dict, folder: Path, log=print, health_batch=None) -> Path:
     pre = plan.pretrain
     log(f"[pretrain] {plan.method.name}: {pre.epochs} epochs on {len(dataset)} images, global "
         f"batch {pre.global_batch_size} ({plan.pretrain_batch()} per process), lr {pre.lr:g} "
@@ -128,9 +136,14 @@ def _pretrain(plan, dataset, data_id: dict, folder: Path, log=print) -> Path:
     runner = build_runner(PretrainModel(method), folder / "work", dataset, schedule=pre,
                           batch_per_process=plan.pretrain_batch(), loader=plan.loader,
                           seed=plan.seed, experiment_name="pretrain",
-                          param_rule=PRETRAIN_PARAM_RULE)
+                          param_rule=PRETRAIN_PARAM_RULE,
+                          extra_hooks=[] if health_batch is None else [
+                              PretrainHealthHook(health_batch, plan.loader.log_interval)])
     runner.train()
     if is_main_process():
+        if health_batch is not None:  # the collapse monitoring's report, beside the weights
+            report = json.loads((folder / "work" / "health.json").read_text())
+            atomic_write_json(folder / HEALTH_FILE, report, indent=1)
         meta = dict(method=plan.method.name, method_cfg=plan.method.config,
                     identity=pretrain_identity(plan, data_id), preset=plan.preset,
                     seed=plan.seed, encoder_cfg=method.encoder_cfg)

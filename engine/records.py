@@ -133,7 +133,7 @@ def record_path(out, plan) -> Path:
 
 def build_record(plan, metrics, pretrained, wall, data: dict, *, failure: dict | None = None,
                  resumes: dict | None = None, invocation: dict | None = None,
-                 throughput: dict | None = None) -> dict:
+                 throughput: dict | None = None, pretrain_health: dict | None = None) -> dict:
     """``data``: the identities of the task's data and of the pretraining images.
     ``status`` is ``"ok"``, or ``"failed"`` with ``failure`` (phase, step, reason) and no
     metrics: readers skip a failed record's metrics (tables show "failed").
@@ -143,7 +143,9 @@ def build_record(plan, metrics, pretrained, wall, data: dict, *, failure: dict |
     loss still at the class-prior level) becomes the record's ``warnings`` list (empty
     when there are none); tables mark the cells of a record that has any.
     ``throughput``: per phase (``pretrain``, ``finetune``, ``eval``) samples/s, s/iter, peak
-    memory and MFU (:func:`engine.throughput.record_phases`); null for a phase not run."""
+    memory and MFU (:func:`engine.throughput.record_phases`); null for a phase not run.
+    ``pretrain_health``: the pretraining's collapse monitoring (:mod:`engine.health`),
+    without its history (kept beside the checkpoint); null without pretraining."""
     from .plan import plan_to_dict, stable_hash
 
     metrics = dict(metrics)
@@ -159,6 +161,8 @@ def build_record(plan, metrics, pretrained, wall, data: dict, *, failure: dict |
         "data": data, "data_root": plan.data.root or "embedded",
         "versions": versions(), "git": dict(git_commit()), "hardware": hardware(),
         "throughput": {ph: (throughput or {}).get(ph) for ph in ("pretrain", "finetune", "eval")},
+        "pretrain_health": ({k: v for k, v in pretrain_health.items() if k != "history"}
+                            if pretrain_health else None),
         "wall_time_s": wall, "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
 

@@ -285,7 +285,7 @@ def build_runner(model, work_dir: str | Path, train_dataset, *, schedule, batch_
                  optim_constructor: str = "LayerDecayOptimWrapperConstructor",
                  param_rule: str = "timm",
                  default_scope: str = "mmengine", device: DeviceCaps | None = None,
-                 checkpoint_every: int = 1) -> Runner:
+                 checkpoint_every: int = 1, extra_hooks=None) -> Runner:
     """A Runner for one training job (see module docstring).
 
     ``schedule`` is a plan section (:class:`engine.plan.PretrainPlan`, ``FinetunePlan``
@@ -391,7 +391,7 @@ def build_runner(model, work_dir: str | Path, train_dataset, *, schedule, batch_
                       dict(type="TrainingProgressHook"), dict(type="ResumeStateHook"),
                       dict(type="PreemptionHook", interval=loader.log_interval),
                       dict(type="ThroughputHook", window=loader.log_interval, precision=precision,
-                           compiled=bool(loader.compile))],
+                           compiled=bool(loader.compile)), *(extra_hooks or ())],
         launcher=launcher_from_env(),
         env_cfg=dict(cudnn_benchmark=device.cuda, dist_cfg=dict(backend="nccl" if device.cuda else "gloo")),
         randomness=dict(seed=seed, deterministic=False),

@@ -97,10 +97,47 @@ def ensure_checkpoint(plan, task_obj, cache_root: Path, log=print):
         return None
     if plan.pretrain_data.note:
         log(f"[plan] {plan.pretrain_data.note}")
+    health_batch = task_obj.health_batch()  # read before the seed: it draws nothing
     set_random_seed(plan.seed)  # before any module is built
     views = plan.method.entry.cls.pretrain_views(**plan.method.config)
     return ensure_pretrained(plan, task_obj.pretrain_dataset(views),
-                             data_identities(plan)["pretrain"], cache_root, log=log)
+                             data_identities(plan)["pretrain"], cache_root, log=log,
+                             health_batch=health_batch)
+
+
+def pretrain_health(plan, folder, task_obj, log=print) -> dict | None:
+    """The collapse monitoring's report of a pretrained folder (:mod:`engine.health`).
+    A checkpoint pretrained before the monitoring existed is measured now, at its end
+    only, against a randomly initialised encoder of the run's seed, and the report is
+    kept beside it."""
+    import torch
+
+    from engine.atomic import atomic_write_json
+    from engine.health import encoder_health, health_report
+    from engine.pretrain import HEALTH_FILE, load_method
+    from methods import build_method
+
+    if folder is None:
+        return None
+    path = Path(folder) / HEALTH_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    batch = task_obj.health_batch()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(plan.seed)
+        random_encoder = build_method(plan.method.name, encoder=plan.encoder.as_kwargs(),
+                                      **plan.method.config).encoder
+        initial = {"iter": 0, **encoder_health(random_encoder, batch)}
+        final = {"iter": None, **encoder_health(load_method(Path(folder) / "method.pth").encoder,
+                                                batch)}
+    report = health_report([initial, final], note=(
+        "measured after pretraining: the checkpoint predates the monitoring; 'initial' is a "
+        f"randomly initialised encoder of seed {plan.seed}"))
+    atomic_write_json(path, report, indent=1)
+    log(f"[health] {folder}: measured after pretraining")
+    return report
 
 
 def pretrained_method(method: str, task: str = "cifar100", *, preset: str = "tiny", seed: int = 0,
@@ -171,9 +208,16 @@ def run_cell(method: str, task: str, *, preset: str = "tiny", seed: int = 0, dat
         wall["total"] = time.time() - started
         from engine.throughput import record_phases
 
+        health = pretrain_health(plan, pretrained, task_obj, log) if is_main_process() else None
+        if health:
+            metrics = {**metrics, "warnings": [*(metrics.get("warnings") or ()),
+                                               *health["warnings"]]}
+            for w in health["warnings"]:
+                log(f"[warning] {w}")
         record = build_record(plan, metrics, pretrained, wall, data,
                               resumes=_resumes(pretrained, work_dir), invocation=invocation,
-                              throughput=record_phases(pretrained, work_dir))
+                              throughput=record_phases(pretrained, work_dir),
+                              pretrain_health=health)
         if is_main_process():  # under torchrun every rank has the gathered metrics; one writes
             write_record(record, path)
             # The record is written: the finetune state is spent (a rerun trains afresh).

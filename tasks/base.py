@@ -120,6 +120,22 @@ class Task:
         """Held-out ``(sample, label)`` pairs of the task's data, unaugmented."""
         return data_source(self.plan.data.dataset).heldout_set(self.root, self.plan.encoder)
 
+    def pretrain_heldout_set(self) -> tud.Dataset:
+        """Held-out samples of the data pretraining reads (the task's own held-out split,
+        or the pretraining data set's: COCO pretrains on ImageNet-format scenes)."""
+        pre = self.plan.pretrain_data
+        if pre is self.plan.data or pre == self.plan.data:
+            return self.heldout_set()
+        return data_source(pre.dataset).heldout_set(self.pretrain_root, self.plan.encoder)
+
+    def health_batch(self, size: int = 256):
+        """The fixed held-out batch pretraining's collapse monitoring embeds: the first
+        ``size`` held-out samples (:mod:`engine.health`)."""
+        import torch
+
+        held = self.pretrain_heldout_set()
+        return torch.stack([held[i][0] for i in range(min(size, len(held)))])
+
     def train_sizes(self) -> dict[str, int | None]:
         """Samples per epoch of ``pretrain`` and ``finetune`` counted in real data roots
         (None where the plan's data has no root); ``--dry-run`` shows them."""

@@ -8,7 +8,10 @@
   eeg);
 - ``term@<experiment>:<N>``: SIGTERM instead (what Slurm sends before preemption);
 - ``killsave@<experiment>:<file>``: SIGKILL halfway through writing checkpoint <file>;
-- ``sleep:<seconds>``: sleep after every training iteration (to make runs overlap).
+- ``sleep:<seconds>``: sleep after every training iteration (to make runs overlap);
+- ``collapse@<experiment>``: after every training iteration, set the encoder's final
+  LayerNorm to weight 0 and a fixed bias, so that every token of every image is the same
+  vector (a collapsed encoder).
 """
 import os
 
@@ -30,6 +33,13 @@ if FAULT:
         _after_iter(self, runner, batch_idx, data_batch, outputs)
         if kind == "sleep":
             time.sleep(float(where))
+        elif kind == "collapse" and runner.experiment_name.startswith(experiment):
+            import torch
+
+            norm = runner.model.encoder.norm
+            with torch.no_grad():
+                norm.weight.zero_()
+                norm.bias.copy_(torch.linspace(-1.0, 1.0, norm.bias.numel()))
         elif kind in ("kill", "term") and runner.experiment_name.startswith(experiment) \
                 and runner.iter + 1 == int(arg):
             os.kill(os.getpid(), signal.SIGKILL if kind == "kill" else signal.SIGTERM)
