@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 import random
 from pathlib import Path
 
@@ -397,7 +398,10 @@ def build_runner(model, work_dir: str | Path, train_dataset, *, schedule, batch_
         randomness=dict(seed=seed, deterministic=False),
         resume=True,
         log_level=os.environ.get("PART_BENCH_LOG_LEVEL", "INFO"),
-        experiment_name=experiment_name,
+        # unique: mmengine names its logger, scope, visualizer and message hub (the loss
+        # history) after the experiment and shares them between Runners of one name
+        # started in one second (with a warning)
+        experiment_name=f"{experiment_name or 'run'}_{uuid.uuid4().hex[:8]}",
         default_scope=default_scope,
         **kwargs,
     )

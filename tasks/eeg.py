@@ -227,7 +227,8 @@ class EEGTask(FrozenProtocols, Task):
             num_classes=len(STAGES), train_labels=train.labels, test_labels=test.labels,
             evaluator="SleepStagingMetrics", metric_names=self.metric_names,
             model_options=dict(mixup=0.0, cutmix=0.0,
-                               pos_embed_mask=self.plan.finetune.pos_embed_mask))
+                               pos_embed_mask=self.plan.finetune.pos_embed_mask),
+            experiment="eeg")
         out["majority_acc"] = 100.0 * float(np.bincount(test.labels).max() / len(test))
         out["data"] = self.data_summary()
         return out

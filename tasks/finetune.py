@@ -11,7 +11,6 @@ CutMix for images, hidden position embeddings for EEG).
 """
 from __future__ import annotations
 
-import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,7 +27,7 @@ __all__ = ["finetune_classifier"]
 
 def finetune_classifier(task, *, pretrained, work_dir, log, train, test, num_classes: int,
                         train_labels, test_labels, evaluator: str, metric_names,
-                        model_options: dict | None = None) -> dict:
+                        model_options: dict | None = None, experiment: str = "finetune") -> dict:
     """Finetune ``task.plan``'s encoder on ``train`` and score it on ``test`` (samples
     ``(x, label)``); returns ``metric_names`` from ``evaluator`` (an mmengine metric),
     ``finetune_epochs`` and ``finetune_steps``, ``new_keys`` (weights the pretrained
@@ -54,9 +53,7 @@ def finetune_classifier(task, *, pretrained, work_dir, log, train, test, num_cla
     runner = build_runner(
         model, work_dir, train_set, schedule=ft, batch_per_process=batch, loader=plan.loader,
         seed=plan.seed, test_dataset=RunnerSamples(test), test_evaluator=dict(type=evaluator),
-        # unique: mmengine shares a message hub (the loss history) between Runners of one
-        # name started in one second
-        experiment_name=f"finetune_{uuid.uuid4().hex[:8]}")
+        experiment_name=experiment)
     runner.train()
     metrics = runner.test()
     out = {k: float(metrics[k]) for k in metric_names}

@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -344,7 +343,7 @@ def train_linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, te
         # the probe has no ``encoder`` for the layer-decay constructor to group
         optim_constructor="DefaultOptimWrapperConstructor",
         # unique: mmengine shares a message hub between Runners of one name and second
-        experiment_name=f"linear_probe_{uuid.uuid4().hex[:8]}",
+        experiment_name="linear_probe",
         # a probe's epochs are a few steps each (an EEG probe: 1000 epochs of one step):
         # about ten checkpoints a run, not one an epoch (the last epoch is always saved)
         checkpoint_every=math.ceil(schedule.epochs / 10))

@@ -76,7 +76,7 @@ def pretrain_steps(name: str, out: Path) -> None:
         def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
             model = runner.model.module if hasattr(runner.model, "module") else runner.model
             state = {k: v.detach().clone() for k, v in model.method.state_dict().items()}
-            torch.save(dict(loss=float(outputs["loss"]), state=state),
+            torch.save(dict(loss=float(outputs["loss"].detach()), state=state),
                        out / f"{name}_ws{world}_r{rank}_s{runner.iter}.pt")
 
     runner = build_runner(PerImageDraws(method), out / f"work_{name}_ws{world}", data,
@@ -93,7 +93,7 @@ def evaluate(out: Path) -> None:
     model's own predictions on the first 9 of 13 images and another class on the rest,
     so the whole set scores 9/13, and either rank's shard alone something else."""
     from methods.backbone import build_encoder
-    from tasks.classification import ClassifierModel
+    from tasks.classifier import ClassifierModel
     from tasks.metrics import Top1Accuracy  # noqa: F401  (registers the metric)
 
     rank, world = rank_world()

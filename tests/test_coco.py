@@ -242,7 +242,7 @@ def test_one_training_iteration_on_cpu(coco_root, tiny):
     optim = OptimWrapper(torch.optim.AdamW(model.parameters(), lr=1e-4))
     model.train()
     log = model.train_step(batch, optim)
-    assert math.isfinite(float(log["loss"])) and float(log["loss"]) > 0
+    assert math.isfinite(float(log["loss"].detach())) and float(log["loss"].detach()) > 0
     for key in ("loss_rpn_cls", "loss_cls", "loss_bbox", "loss_mask"):
         assert key in log
     assert not torch.equal(before, model.backbone.blocks[0].attn.qkv.weight)

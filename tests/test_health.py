@@ -61,7 +61,7 @@ def test_a_collapsed_encoder_is_flagged_through_the_command_line(tmp_path):
             f"{cifar}.pretrain.epochs=1", f"{cifar}.pretrain.global_batch_size=16",
             f"{cifar}.finetune.epochs=1", f"{cifar}.finetune.min_steps=2",
             f"{cifar}.finetune.global_batch_size=16"]
-    status, out, err = run_cli(args, tmp_path / "logs", fault="collapse@pretrain")
+    status, out, err = run_cli(args, tmp_path, fault="collapse@pretrain")
     assert status == 0, err[-2000:]
     assert "[health] iter 0:" in out + err
     record = json.loads(next((tmp_path / "runs").glob("part*__cifar100__seed0.json")).read_text())
@@ -73,9 +73,10 @@ def test_a_collapsed_encoder_is_flagged_through_the_command_line(tmp_path):
     assert len(flagged) == 4, record["warnings"]  # both statistics of both tokens
     assert "WARNING: pretraining:" in out
     # the same run without the fault: no such warning
+    (tmp_path / "runs2").mkdir()
     status, out, err = run_cli([a.replace(str(tmp_path / "runs"), str(tmp_path / "runs2"))
                                 .replace(str(tmp_path / "cache"), str(tmp_path / "cache2"))
-                                for a in args], tmp_path / "logs2")
+                                for a in args], tmp_path / "runs2")
     assert status == 0, err[-2000:]
     record = json.loads(next((tmp_path / "runs2").glob("part*__cifar100__seed0.json")).read_text())
     assert not [w for w in record["warnings"] if w.startswith("pretraining:")]

@@ -34,7 +34,7 @@ def _built(runner):
 def _classification_runner(tmp_path, layer_decay):
     from pipeline.cell import make_plan
     from methods.backbone import build_encoder
-    from tasks.classification import ClassifierModel
+    from tasks.classifier import ClassifierModel
 
     plan = make_plan("part", "cifar100")
     schedule = dataclasses.replace(plan.finetune, base_lr=LR, lr_reference_batch=None, weight_decay=WD,

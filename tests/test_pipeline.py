@@ -191,7 +191,7 @@ def test_finetuning_starts_from_the_pretrained_weights(tmp_path):
     training are exactly the checkpoint's."""
     from engine.runner import build_runner
     from tasks.base import RunnerSamples
-    from tasks.classification import ClassifierModel
+    from tasks.classifier import ClassifierModel
 
     method = build_method("part", encoder=dict(arch="vit_micro", img_size=32, patch_size=4))
     atomic_torch_save({"state_dict": method.encoder_state_dict()}, tmp_path / "encoder.pth")

@@ -17,11 +17,11 @@ NOISE = ("Hooks will be executed in the following order", "System environment:",
 @pytest.mark.parametrize("verbose", [False, True])
 def test_a_run_is_quiet_unless_verbose(tmp_path, verbose):
     args = TINY + ["--out", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache")]
-    status, out, err = run_cli(args + (["--verbose"] if verbose else []), tmp_path / "logs")
+    status, out, err = run_cli(args + (["--verbose"] if verbose else []), tmp_path)
     assert status == 0, err[-2000:]
     text = out + err
     assert "Epoch(train)" in text or "Iter(train)" in text  # mmengine's training log stays
-    assert "== scratch / cifar100" in out                    # and our summary
+    assert "/ cifar100 / preset tiny / seed 0" in out         # and our summary
     assert "has no metainfo" not in text                     # fixed at its source either way
     shown = [n for n in NOISE[:2] if n in text]
     assert shown == (list(NOISE[:2]) if verbose else []), shown
