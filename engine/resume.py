@@ -118,11 +118,11 @@ def read_resumes(work_dir) -> list[dict]:
 
 #: the starts of mmengine's set-up lines a run does not print unless verbose
 #: (``PART_BENCH_VERBOSE=1``, ``--verbose``): its environment block, its hook table,
-#: the SyncBN note, its config dump, and the deprecation notice its CheckpointHook
-#: triggers on every start (it builds a FileClient it does not use)
+#: the SyncBN note, its config dump, and the deprecation notices its CheckpointHook
+#: triggers on every start (it builds a FileClient it does not use) and on resume
 SETUP_NOISE = ("\n" + "-" * 60 + "\nSystem environment:", "Hooks will be executed in the following order",
                "Distributed training is not used, all SyncBatchNorm", "Config:\n",
-               '"FileClient" will be deprecated')
+               '"FileClient" will be deprecated', '"HardDiskBackend" is the alias of')
 
 
 class QuietSetup(logging.Filter):

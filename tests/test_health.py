@@ -43,13 +43,15 @@ def test_isotropic_gaussian_features_use_every_direction():
 
 def test_the_warning_rule():
     start = {t: {"std_ratio": 0.8, "effective_rank": 40.0} for t in ("cls", "avg")}
-    fine = {t: {"std_ratio": 0.5, "effective_rank": 30.0} for t in ("cls", "avg")}
+    fine = {"cls": {"std_ratio": 0.1, "effective_rank": 4.0},  # [CLS] is not judged
+            "avg": {"std_ratio": 0.8 * COLLAPSE_FRACTION + 0.01, "effective_rank": 30.0}}
     assert health_warnings(start, fine) == []
-    low = {"cls": {"std_ratio": 0.8 * COLLAPSE_FRACTION - 0.01, "effective_rank": 40.0},
-           "avg": {"std_ratio": 0.8, "effective_rank": 40.0 * COLLAPSE_FRACTION - 1}}
+    low = {"cls": start["cls"],
+           "avg": {"std_ratio": 0.8 * COLLAPSE_FRACTION - 0.01,
+                   "effective_rank": 40.0 * COLLAPSE_FRACTION - 1}}
     lines = health_warnings(start, low)
     assert len(lines) == 2 and all(w.startswith("pretraining:") for w in lines)
-    assert "[CLS] std" in lines[0] and "mean token effective rank" in lines[1]
+    assert "mean token std" in lines[0] and "mean token effective rank" in lines[1]
 
 
 def test_a_collapsed_encoder_is_flagged_through_the_command_line(tmp_path):
@@ -70,7 +72,7 @@ def test_a_collapsed_encoder_is_flagged_through_the_command_line(tmp_path):
     assert health["final"]["avg"]["effective_rank"] == pytest.approx(1.0, abs=1e-3)
     assert health["initial"]["avg"]["effective_rank"] > 5  # the random encoder's
     flagged = [w for w in record["warnings"] if w.startswith("pretraining:")]
-    assert len(flagged) == 4, record["warnings"]  # both statistics of both tokens
+    assert len(flagged) == 2, record["warnings"]  # both statistics of the mean token
     assert "WARNING: pretraining:" in out
     # the same run without the fault: no such warning
     (tmp_path / "runs2").mkdir()

@@ -10,7 +10,7 @@ TINY = ["--method", "scratch", "--task", "cifar100", "--cfg-options",
         "tasks.cifar100.finetune.epochs=1",
         "tasks.cifar100.finetune.min_steps=2", "tasks.cifar100.finetune.global_batch_size=16"]
 NOISE = ("Hooks will be executed in the following order", "System environment:",
-         '"FileClient" will be deprecated', "has no metainfo",
+         '"FileClient" will be deprecated', '"HardDiskBackend" is the alias of', "has no metainfo",
          "Distributed training is not used, all SyncBatchNorm")
 
 
