@@ -121,6 +121,14 @@ class Table:
         return " ".join(n for n in (self.note, self.preset_notes.get(preset, "")) if n)
 
 
+def plan_columns(task: str, ft_paper: str) -> tuple:
+    """Tables 6 and 7's PE / PT / FT epoch columns, read from each cell's plan
+    (``ft_paper``: the paper's finetuning-epoch column, "" where it has none)."""
+    return (Column("PE", task, "finetune.pos_embed", "pos_embed", from_plan=True),
+            Column("PT epochs", task, "pretrain.epochs", "pt_epochs", from_plan=True),
+            Column("FT epochs", task, "finetune.epochs", ft_paper, from_plan=True))
+
+
 PAIRS = (512, 1024, 2048, 4096)
 FIG8_PT_EPOCHS = (400, 1000, 4000)  # the paper's three curves
 
@@ -229,9 +237,7 @@ TABLES: dict[str, Table] = {
               Row("DropPos", "droppos", preset_overrides={
                   "paper": {"pretrain.epochs": 200, "finetune.epochs": 100}}),
               Row("PART", "part")),
-        columns=(Column("PE", "imagenet", "finetune.pos_embed", "pos_embed", from_plan=True),
-                 Column("PT epochs", "imagenet", "pretrain.epochs", "pt_epochs", from_plan=True),
-                 Column("FT epochs", "imagenet", "finetune.epochs", "ft_epochs", from_plan=True),
+        columns=(*plan_columns("imagenet", ft_paper="ft_epochs"),
                  Column("acc", "imagenet", "acc1", "acc1")),
         note="PE, PT and FT epochs (ours) are each row's resolved plan: position embeddings "
              "at finetuning, pretraining and finetuning epochs. Every measured row finetunes "
@@ -253,9 +259,7 @@ TABLES: dict[str, Table] = {
               Row("MP3 w/ PE", "mp3", preset_overrides={"paper": {"pretrain.epochs": 2000}}),
               Row("MP3 w/o PE", "mp3-nope", preset_overrides={"paper": {"pretrain.epochs": 2000}}),
               Row("PART", "part")),
-        columns=(Column("PE", "cifar100", "finetune.pos_embed", "pos_embed", from_plan=True),
-                 Column("PT epochs", "cifar100", "pretrain.epochs", "pt_epochs", from_plan=True),
-                 Column("FT epochs", "cifar100", "finetune.epochs", "", from_plan=True),
+        columns=(*plan_columns("cifar100", ft_paper=""),
                  Column("acc", "cifar100", "acc1", "acc1")),
         note="PE, PT and FT epochs (ours) are each row's resolved plan. Every measured row "
              "finetunes with DeiT's supervised recipe (no layer-wise lr decay), the labelled "
